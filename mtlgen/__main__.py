@@ -1,0 +1,3 @@
+from mtlgen.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Reading and writing scans, discovery of BIDS / CSV sources, provenance."""
