@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
 
 @dataclass(frozen=True)
 class VisitVolumes:
@@ -31,3 +34,35 @@ class PatientSeries:
         days = [v.days for v in self.visits]
         if days != sorted(days):
             raise ValueError(f"patient {self.patient}: visits must be ordered by days, got {days}")
+
+
+@dataclass(frozen=True)
+class VisitArrays:
+    """A visit loaded into memory: ``images`` [contrast -> float32 array], ``label`` uint8 or None."""
+
+    visit: str
+    days: float
+    images: dict[str, np.ndarray]
+    label: np.ndarray | None
+    affine: np.ndarray
+
+
+def load_visit(visit: VisitVolumes) -> VisitArrays:
+    """Read one visit's processed volumes; every file must share the first image's grid."""
+    images, affine, shape = {}, None, None
+    for contrast, path in visit.images.items():
+        img = nib.load(path)
+        if affine is None:
+            affine, shape = img.affine, img.shape
+        elif img.shape != shape or not np.allclose(img.affine, affine, atol=1e-4):
+            raise ValueError(f"{path}: grid differs from the visit's first image {shape}")
+        images[contrast] = np.asarray(img.dataobj, dtype=np.float32)
+    if affine is None:
+        raise ValueError(f"visit {visit.visit}: no images")
+    label = None
+    if visit.label is not None:
+        lab = nib.load(visit.label)
+        if lab.shape != shape:
+            raise ValueError(f"{visit.label}: label shape {lab.shape} != image shape {shape}")
+        label = np.asarray(lab.dataobj, dtype=np.uint8)
+    return VisitArrays(visit.visit, visit.days, images, label, affine)

@@ -1,0 +1,1 @@
+"""Spatio-temporal multi-task networks and their checkpoints."""

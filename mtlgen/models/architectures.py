@@ -1,0 +1,1 @@
+"""Imports every module that registers an architecture (``checkpoint.register_architecture``)."""
