@@ -69,11 +69,19 @@ class SynthConfig(Section):
         return self
 
 
+class ProgressionConfig(Section):
+    """Status rule: relative change of lesion-core volume vs the last observed visit."""
+
+    increase: float = Field(0.25, gt=0, le=10)
+    decrease: float = Field(0.25, gt=0, lt=1)
+
+
 class Params(Section):
     """Root of params.yaml."""
 
     seed: int = Field(0, ge=0)
     synth: SynthConfig = SynthConfig()
+    progression: ProgressionConfig = ProgressionConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

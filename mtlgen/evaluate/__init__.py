@@ -1,0 +1,1 @@
+"""Evaluation of predictors (models and baselines) on held-out patients."""
