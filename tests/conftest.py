@@ -1,0 +1,116 @@
+"""Shared fixtures: small synthetic cohorts built once per test session."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mtlgen.config import SynthConfig
+from mtlgen.data.series import PatientSeries, VisitVolumes
+from mtlgen.io.nifti import save_nifti
+from mtlgen.synth.cohort import write_cohort
+
+SYNTH_SEED = 7
+
+
+@pytest.fixture(scope="session")
+def synth_seed() -> int:
+    return SYNTH_SEED
+
+
+@pytest.fixture(scope="session")
+def small_synth_config() -> SynthConfig:
+    """4 patients at the default 2 mm: enough to see every growth course."""
+    return SynthConfig(patients=4, visits_min=3, visits_max=4, workers=1)
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory, small_synth_config) -> Path:
+    out = tmp_path_factory.mktemp("cohort") / "bids"
+    write_cohort(small_synth_config, SYNTH_SEED, out, progress=False)
+    return out
+
+
+ALIGNED_SEED = 11
+ALIGNED_BOX = 32  # voxels per side of the crop around the brain (4 mm -> 128 mm)
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    """Robust per-image scaling: 1st..99th percentile of the head to 0..1."""
+    head = image[image > np.percentile(image, 50)]
+    lo, hi = np.percentile(head, [1, 99])
+    return ((image - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+
+
+def write_aligned_series(bids: Path, out: Path, box: int = ALIGNED_BOX) -> list[PatientSeries]:
+    """Stand-in for registration's output: crop, normalise and list an already-aligned cohort.
+
+    ``bids`` must come from ``write_cohort`` without head motion (no rotation/translation), so
+    every visit already shares its patient's baseline grid. Each image is cropped to a ``box``
+    cube around the brain's bounding-box centre and saved as float32 NIfTI.
+    """
+    visits_tsv = (bids / "derivatives/groundtruth/visits.tsv").read_text().splitlines()
+    header = visits_tsv[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in visits_tsv[1:]]
+    series = []
+    for pid in sorted({r["participant_id"] for r in rows}):
+        prows = [r for r in rows if r["participant_id"] == pid]
+        base = prows[0]
+        first = nib.load(
+            bids
+            / pid
+            / base["session_id"]
+            / "anat"
+            / f"{pid}_{base['session_id']}_{base['contrasts'].split(',')[0]}.nii.gz"
+        )
+        ref = np.asarray(first.dataobj, dtype=np.float32)
+        head = np.argwhere(ref > np.percentile(ref, 60))
+        start = np.clip((head.min(0) + head.max(0)) // 2 - box // 2, 0, np.array(ref.shape) - box)
+        crop = tuple(slice(s, s + box) for s in start)
+        affine = first.affine.copy()
+        affine[:3, 3] = first.affine[:3, :3] @ start + first.affine[:3, 3]
+        visits = []
+        for row in prows:
+            ses = row["session_id"]
+            anat = bids / pid / ses / "anat"
+            dest = out / pid.removeprefix("sub-") / ses
+            images = {}
+            for contrast in row["contrasts"].split(","):
+                data = np.asarray(nib.load(anat / f"{pid}_{ses}_{contrast}.nii.gz").dataobj)
+                images[contrast] = save_nifti(
+                    dest / f"{contrast}.nii.gz", _normalise(data.astype(np.float32))[crop], affine
+                )
+            label_path = (
+                bids / "derivatives/labels" / pid / ses / "anat" / f"{pid}_{ses}_dseg.nii.gz"
+            )
+            label = np.asarray(nib.load(label_path).dataobj, dtype=np.uint8)[crop]
+            visits.append(
+                VisitVolumes(
+                    ses.removeprefix("ses-"),
+                    float(row["days"]),
+                    images,
+                    save_nifti(dest / "label.nii.gz", label, affine, dtype=np.uint8),
+                )
+            )
+        series.append(PatientSeries(pid.removeprefix("sub-"), tuple(visits)))
+    return series
+
+
+@pytest.fixture(scope="session")
+def aligned_series(tmp_path_factory) -> list[PatientSeries]:
+    """4 aligned patients (4 mm, 32^3 crop, normalised float32): registration's hand-over shape.
+
+    A test fixture standing in for ``mtlgen.registry.series.load_series``.
+    """
+    root = tmp_path_factory.mktemp("aligned")
+    cfg = SynthConfig(
+        patients=4,
+        spacing_mm=4.0,
+        max_rotation_deg=0,
+        max_translation_mm=0,
+        bias_strength=0,
+        workers=1,
+    )
+    write_cohort(cfg, ALIGNED_SEED, root / "bids", progress=False)
+    return write_aligned_series(root / "bids", root / "processed")
