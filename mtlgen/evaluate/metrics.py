@@ -1,0 +1,170 @@
+"""Evaluation metrics for masks, volumes, status and images, with explicit empty-mask conventions.
+
+Conventions (also in docs/evaluation.md):
+- Dice: both masks empty -> 1.0 (perfect agreement on "nothing there"); one empty -> 0.0.
+- HD95: both empty -> 0.0 mm; exactly one empty -> the diagonal of the volume's field of view
+  in mm (the largest distance the grid allows), so a missed or hallucinated lesion is penalised
+  rather than silently dropped from the mean.
+- Region image metrics over an empty region are NaN (no voxels to compare); aggregates skip NaN
+  and report how many cases contributed.
+- Relative volume error with a zero true volume is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.metrics.regression import compute_ssim_and_cs
+from scipy import ndimage
+
+from mtlgen.progression import STATUSES, Status
+
+
+def voxel_spacing_mm(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel edge lengths (mm) from a voxel-to-world affine."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in mL (|det| of the affine's 3x3 part, mm^3 / 1000)."""
+    det = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
+    if not det > 0:
+        raise ValueError(f"degenerate affine (determinant {det}): voxel volume undefined")
+    return det / 1000.0
+
+
+def label_volume_ml(label: np.ndarray, affine: np.ndarray, value: int = 1) -> float:
+    """Volume in mL of the voxels equal to ``value`` (default 1, lesion core)."""
+    return int(np.count_nonzero(np.asarray(label) == value)) * voxel_volume_ml(affine)
+
+
+def _as_batch(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+
+
+def _check_pair(pred: np.ndarray, truth: np.ndarray, what: str) -> None:
+    if pred.shape != truth.shape:
+        raise ValueError(f"{what}: prediction shape {pred.shape} != truth shape {truth.shape}")
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary masks (MONAI ``DiceMetric``); both empty -> 1.0, one empty -> 0.0."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    _check_pair(pred, truth, "dice")
+    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
+    return float(metric(_as_batch(pred), _as_batch(truth))[0, 0])
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """95th-percentile symmetric Hausdorff distance in mm (MONAI ``HausdorffDistanceMetric``).
+
+    Both empty -> 0.0; exactly one empty -> the field-of-view diagonal in mm.
+    """
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    _check_pair(pred, truth, "hd95")
+    has_pred, has_truth = pred.any(), truth.any()
+    if not has_pred and not has_truth:
+        return 0.0
+    if has_pred != has_truth:
+        return float(np.linalg.norm(np.array(truth.shape) * np.asarray(spacing_mm, dtype=float)))
+    metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+    return float(metric(_as_batch(pred), _as_batch(truth), spacing=list(spacing_mm))[0, 0])
+
+
+def volume_errors(pred_ml: float, truth_ml: float) -> tuple[float, float]:
+    """(absolute error in mL, relative error |pred - truth| / truth; NaN when truth is 0)."""
+    if not np.isfinite(pred_ml) or pred_ml < 0:
+        raise ValueError(f"predicted volume must be a finite number >= 0 mL, got {pred_ml}")
+    abs_err = abs(pred_ml - truth_ml)
+    return abs_err, abs_err / truth_ml if truth_ml > 0 else float("nan")
+
+
+def status_scores(truth: Sequence[Status], pred: Sequence[Status]) -> tuple[float, float]:
+    """(accuracy, macro-F1) of status predictions.
+
+    Macro-F1 averages the per-class F1 over the classes that occur in ``truth`` or ``pred``
+    (a class absent from both says nothing and is left out); NaN for no cases.
+    """
+    if len(truth) != len(pred):
+        raise ValueError(f"status: {len(truth)} true vs {len(pred)} predicted values")
+    for s in (*truth, *pred):
+        if s not in STATUSES:
+            raise ValueError(f"status {s!r}: expected one of {STATUSES}")
+    if not truth:
+        return float("nan"), float("nan")
+    t, p = np.asarray(truth), np.asarray(pred)
+    f1s = []
+    for cls in STATUSES:
+        tp = np.sum((t == cls) & (p == cls))
+        fp = np.sum((t != cls) & (p == cls))
+        fn = np.sum((t == cls) & (p != cls))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(t == p)), float(np.mean(f1s))
+
+
+def brain_region(image: np.ndarray, fraction: float, sigma_vox: float) -> np.ndarray:
+    """Voxels of the head/brain: the Gaussian-smoothed image above ``fraction`` of the way from
+    its 1st to its 99th percentile, holes filled (so dark ventricles count as brain).
+
+    Offset- and scale-free, so it works on any intensity normalisation.
+    """
+    smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), sigma_vox)
+    lo, hi = np.percentile(smooth, [1.0, 99.0])
+    return ndimage.binary_fill_holes(smooth > lo + fraction * (hi - lo))
+
+
+def changing_region(
+    reference_label: np.ndarray, target_label: np.ndarray, dilation_vox: int
+) -> np.ndarray:
+    """Voxels whose true label changes between the reference visit and the target, dilated by
+    ``dilation_vox`` voxels (partial-volume rim and the mass effect right beside the lesion)."""
+    _check_pair(reference_label, target_label, "changing region")
+    changed = np.asarray(reference_label) != np.asarray(target_label)
+    if dilation_vox > 0 and changed.any():
+        changed = ndimage.binary_dilation(changed, iterations=dilation_vox)
+    return changed
+
+
+def region_mae(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
+    """Mean absolute error over ``region``; NaN for an empty region."""
+    _check_pair(pred, truth, "image MAE")
+    if not region.any():
+        return float("nan")
+    return float(np.mean(np.abs(pred[region].astype(np.float64) - truth[region])))
+
+
+def region_psnr(
+    pred: np.ndarray, truth: np.ndarray, region: np.ndarray, data_range: float
+) -> float:
+    """PSNR (dB) = 10 log10(data_range^2 / MSE over ``region``); NaN for an empty region,
+    inf for an exact match."""
+    _check_pair(pred, truth, "image PSNR")
+    if not region.any():
+        return float("nan")
+    mse = float(np.mean((pred[region].astype(np.float64) - truth[region]) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
+
+
+def region_ssim(
+    pred: np.ndarray, truth: np.ndarray, region: np.ndarray, data_range: float, window: int
+) -> float:
+    """Mean of the local SSIM map (MONAI, Gaussian window ``window`` voxels, sigma 1.5) over the
+    voxels of ``region`` whose whole window lies inside the volume; NaN when there are none."""
+    _check_pair(pred, truth, "image SSIM")
+    ssim_map, _ = compute_ssim_and_cs(
+        _as_batch(pred),
+        _as_batch(truth),
+        spatial_dims=3,
+        kernel_size=[window] * 3,
+        kernel_sigma=[1.5] * 3,
+        data_range=data_range,
+    )
+    half = window // 2
+    inner = region[half:-half, half:-half, half:-half] if half else region
+    if not inner.any():
+        return float("nan")
+    return float(ssim_map[0, 0].numpy()[inner].mean())
