@@ -76,12 +76,23 @@ class ProgressionConfig(Section):
     decrease: float = Field(0.25, gt=0, lt=1)
 
 
+class TrackingConfig(Section):
+    """MLflow tracking and model registry (embedded default: SQLite file + artifact folder)."""
+
+    uri: str = Field("sqlite:///mlflow.db", min_length=1)
+    artifact_root: Path = Path("mlruns")
+    experiment: str = Field("mtlgen", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model_name: str = Field("mtlgen-mtl", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    connect_timeout_s: float = Field(5.0, gt=0, le=120)
+
+
 class Params(Section):
     """Root of params.yaml."""
 
     seed: int = Field(0, ge=0)
     synth: SynthConfig = SynthConfig()
     progression: ProgressionConfig = ProgressionConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,0 +1,101 @@
+"""An MLflow-backed logger with the interface training accepts: params, metrics, artifacts.
+
+Every name and value passes a privacy check first: a run must never carry a source patient ID
+(only registry pseudonyms), so the logger refuses anything that contains one of ``forbidden``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+BATCH = 100
+
+
+class PrivacyError(ValueError):
+    """Something about to be logged contains a source patient identifier."""
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class MlflowLogger:
+    """Logs into one MLflow run (by id), checking each name and value against ``forbidden``."""
+
+    def __init__(self, run_id: str, forbidden: Iterable[str] = ()) -> None:
+        from mlflow import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient()
+        self.forbidden = frozenset(f for f in forbidden if f)
+
+    def _check(self, *texts: str) -> None:
+        for text in texts:
+            for ident in self.forbidden:
+                if ident in text:
+                    raise PrivacyError(
+                        f"refusing to log {text[:80]!r}: it contains a source patient ID; "
+                        "log registry pseudonyms only"
+                    )
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log a (nested) dict as flattened ``section.key`` params."""
+        from mlflow.entities import Param
+
+        items = [(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(params).items()]
+        for key, value in items:
+            self._check(key, value)
+        for i in range(0, len(items), BATCH):
+            batch = [Param(k, v) for k, v in items[i : i + BATCH]]
+            self.client.log_batch(self.run_id, params=batch)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log numeric (nested) metrics at ``step``; non-numeric leaves are an error."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = []
+        for key, value in flatten(metrics).items():
+            self._check(key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                try:
+                    value = float(value)  # numpy / torch scalars
+                except (TypeError, ValueError):
+                    raise TypeError(f"metric {key!r}: expected a number, got {value!r}") from None
+            batch.append(Metric(key, float(value), now, step or 0))
+        for i in range(0, len(batch), BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + BATCH])
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        """Upload a file or folder; only its name (not its local path) enters the run."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: artifact not found")
+        names = [p.name for p in path.rglob("*")] if path.is_dir() else []
+        self._check(path.name, artifact_path or "", *names)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path or path.name)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Mapping[str, Any], name: str) -> None:
+        """Write ``obj`` as a JSON (or YAML, by suffix) artifact ``name``."""
+        self._check(name, repr(obj))
+        self.client.log_dict(self.run_id, dict(obj), name)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self._check(key, str(value))
+            self.client.set_tag(self.run_id, key, str(value))

@@ -1,0 +1,231 @@
+"""MLflow tracking on the embedded store (SQLite + artifact folder): runs, logger, provenance,
+registry, promotion rule and loading by alias."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mtlgen.config import TrackingConfig
+from mtlgen.data.splits import make_split, save_split
+from mtlgen.models.checkpoint import register_architecture, save_checkpoint
+from mtlgen.track.logger import PrivacyError
+from mtlgen.track.promotion import promote
+from mtlgen.track.provenance import data_version, environment, file_sha256
+from mtlgen.track.registry import (
+    CANDIDATE,
+    CHAMPION,
+    download_checkpoint,
+    load_model,
+    register_checkpoint,
+)
+from mtlgen.track.run import TrackingUnavailable, tracked_run
+
+PRIMARY = {"dice": "max", "volume_mae": "min"}
+
+
+@register_architecture("test-tiny-conv3d")
+class TinyConv3d(torch.nn.Module):
+    """A real (small) 3-D network: conv -> ReLU -> conv, two heads in a dict."""
+
+    def __init__(self, channels: int = 4) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv3d(1, channels, 3, padding=1), torch.nn.ReLU())
+        self.seg = torch.nn.Conv3d(channels, 3, 1)
+        self.image = torch.nn.Conv3d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.body(x)
+        return {"seg": self.seg(h), "image": self.image(h)}
+
+
+def make_checkpoint(directory: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    return save_checkpoint(directory, TinyConv3d(4), {"channels": 4}, {"seed": seed})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> TrackingConfig:
+    root = tmp_path_factory.mktemp("mlflow")
+    return TrackingConfig(
+        uri=f"sqlite:///{root / 'mlflow.db'}",
+        artifact_root=root / "artifacts",
+        experiment="test",
+        model_name="test-mtl",
+    )
+
+
+def test_unreachable_server_fails_fast_with_uri() -> None:
+    cfg = TrackingConfig(uri=f"http://127.0.0.1:{free_port()}", connect_timeout_s=2)
+    start = time.perf_counter()
+    with (
+        pytest.raises(TrackingUnavailable, match=r"http://127\.0\.0\.1:\d+"),
+        tracked_run(cfg, "never"),
+    ):
+        pytest.fail("the body must not run")
+    assert time.perf_counter() - start < 5
+
+
+def test_crashed_run_is_marked_failed_and_clean_run_finished(store) -> None:
+    with pytest.raises(RuntimeError, match="boom"), tracked_run(store, "crash") as run:
+        crashed = run.run_id
+        run.log_metrics({"loss": 1.0}, step=0)
+        raise RuntimeError("boom")
+    with tracked_run(store, "clean") as run:
+        clean = run.run_id
+    client = mlflow.MlflowClient()
+    assert client.get_run(crashed).info.status == "FAILED"
+    assert client.get_run(clean).info.status == "FINISHED"
+    assert mlflow.active_run() is None
+
+
+def test_logger_params_metrics_artifacts(store, tmp_path) -> None:
+    montage = tmp_path / "montage.png"
+    montage.write_bytes(b"\x89PNG fake bytes are fine for an artifact")
+    with tracked_run(store, "log") as run:
+        run.log_params({"train": {"epochs": 3, "lr": 1e-3}, "seed": 0})
+        for epoch in range(3):
+            run.log_metrics({"loss": {"seg": 1.0 / (epoch + 1), "total": 2.0 - epoch}}, step=epoch)
+        run.log_metrics({"val.dice": np.float32(0.5)}, step=2)
+        run.log_artifact(montage, "samples")
+        with pytest.raises(TypeError, match="metric 'bad'"):
+            run.log_metrics({"bad": "x"}, step=0)
+    client = mlflow.MlflowClient()
+    data = client.get_run(run.run_id).data
+    assert data.params == {"train.epochs": "3", "train.lr": "0.001", "seed": "0"}
+    history = client.get_metric_history(run.run_id, "loss.total")
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.0), (2, 0.0)]
+    assert data.metrics["val.dice"] == pytest.approx(0.5)
+    assert [a.path for a in client.list_artifacts(run.run_id, "samples")] == ["samples/montage.png"]
+
+
+def test_logger_refuses_source_patient_ids(store, tmp_path) -> None:
+    leaky = tmp_path / "sub-HOSP1234_mask.png"
+    leaky.write_bytes(b"x")
+    with tracked_run(store, "privacy", forbidden={"HOSP1234"}) as run:
+        with pytest.raises(PrivacyError, match="source patient ID"):
+            run.log_params({"source": "/data/HOSP1234/scan.nii.gz"})
+        with pytest.raises(PrivacyError):
+            run.log_metrics({"dice.HOSP1234": 0.9})
+        with pytest.raises(PrivacyError):
+            run.log_artifact(leaky)
+        run.log_params({"patient": "p0001"})
+    assert mlflow.MlflowClient().get_run(run.run_id).data.params == {"patient": "p0001"}
+
+
+def test_provenance_environment_and_data_version(tmp_path) -> None:
+    env = environment()
+    assert env["torch"] == torch.__version__.split("+")[0] or env["torch"] == torch.__version__
+    assert env["mlflow"] == mlflow.__version__
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "register": {"outs": [{"path": "data/processed", "md5": "abc.dir"}]},
+                    "split": {"outs": [{"path": "data/split.json", "md5": "def"}]},
+                },
+            }
+        )
+    )
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "dvc.lock"], check=True)
+    subprocess.run([*git, "commit", "-qm", "lock"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    version = data_version(["data/processed/", "data/split.json", "data/other"], tmp_path)
+    assert version == {
+        "git.commit": head,
+        "git.dirty": "False",
+        "dvc.data/processed/": "abc.dir",
+        "dvc.data/split.json": "def",
+        "dvc.data/other": "untracked",
+    }
+    (tmp_path / "dvc.lock").write_text("stages: {}\n")
+    assert data_version([], tmp_path)["git.dirty"] == "True"
+
+
+def test_register_promote_and_load_by_alias(store, tmp_path) -> None:
+    """First model becomes champion; a worse one stays candidate; an equal-or-better one wins;
+    a model evaluated on another split is refused; champion loads back with identical output."""
+    split = save_split(
+        make_split([f"p{i:04d}" for i in range(10)], 0.2, 0.2, 0), tmp_path / "s.json"
+    )
+    sha = file_sha256(split)
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8, 8)).astype(np.float32)
+    outputs, versions = {}, []
+    for seed in range(4):
+        ckpt = make_checkpoint(tmp_path / f"ckpt{seed}", seed)
+        with tracked_run(store, f"train-{seed}") as run:
+            run.log_params({"seed": seed})
+            versions.append(register_checkpoint(ckpt, store.model_name, {"seed": seed}))
+        torch.manual_seed(seed)
+        model = TinyConv3d(4).eval()
+        with torch.no_grad():
+            outputs[versions[-1]] = model(torch.from_numpy(x))["seg"].numpy()
+    client = mlflow.MlflowClient()
+    assert (
+        str(client.get_model_version_by_alias(store.model_name, CANDIDATE).version) == versions[-1]
+    )
+
+    first = promote(store, {"dice": 0.80, "volume_mae": 0.30}, PRIMARY, sha, ref=versions[0])
+    assert first.promoted and first.reason == "no champion yet"
+    worse = promote(store, {"dice": 0.85, "volume_mae": 0.31}, PRIMARY, sha, ref=versions[1])
+    assert not worse.promoted and "volume_mae" in worse.reason
+    assert [(c.metric, c.ok) for c in worse.comparisons] == [("dice", True), ("volume_mae", False)]
+    assert str(client.get_model_version_by_alias(store.model_name, CHAMPION).version) == versions[0]
+    other_split = promote(store, {"dice": 0.99, "volume_mae": 0.01}, PRIMARY, "0" * 64, versions[2])
+    assert not other_split.promoted and "another test split" in other_split.reason
+    tie = promote(
+        store, {"dice": 0.80, "volume_mae": 0.25, "extra": 1}, PRIMARY, sha, ref=versions[3]
+    )
+    assert tie.promoted and tie.champion_version == versions[0]
+    assert str(client.get_model_version_by_alias(store.model_name, CHAMPION).version) == versions[3]
+
+    # the decision and its numbers are logged: version tags and a promote run
+    tags = client.get_model_version(store.model_name, versions[1]).tags
+    assert tags["promotion.decision"] == "rejected" and float(tags["eval.volume_mae"]) == 0.31
+    runs = mlflow.search_runs(
+        experiment_names=[store.experiment],
+        filter_string=f"params.candidate_version = '{versions[1]}'",
+        output_format="list",
+    )
+    assert len(runs) == 1 and runs[0].data.metrics["champion.volume_mae"] == pytest.approx(0.30)
+    decision = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=runs[0].info.run_id, artifact_path="promotion.json", dst_path=str(tmp_path)
+            )
+        ).read_text()
+    )
+    assert decision["promoted"] is False and decision["comparisons"][1]["candidate"] == 0.31
+
+    with pytest.raises(KeyError, match="primary metric 'volume_mae' missing"):
+        promote(store, {"dice": 0.9}, PRIMARY, sha, ref=versions[1])
+
+    champion = load_model(store, CHAMPION)
+    np.testing.assert_array_equal(champion.predict(x)["seg"], outputs[versions[3]])
+    by_version = load_model(store, versions[1]).predict(x)["seg"]
+    np.testing.assert_array_equal(by_version, outputs[versions[1]])
+    ckpt_dir = download_checkpoint(store, tmp_path / "dl", CHAMPION)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((ckpt_dir / "config.json").read_text())["meta"] == {"seed": 3}
+    with pytest.raises(LookupError, match="no version or alias 'nope'"):
+        load_model(store, "nope")
