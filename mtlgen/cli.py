@@ -119,5 +119,102 @@ def demo(ctx: typer.Context) -> None:
     typer.echo(f"demo cohort: {summary.patients} patients, {summary.visits} visits -> {png}")
 
 
+_MAX_EXIT = 100
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    source: Annotated[
+        Path,
+        typer.Argument(help="A BIDS folder, a CSV/TSV manifest, or a folder of DICOM series."),
+    ],
+    registry: Annotated[
+        str | None, typer.Option(help="Registry SQLAlchemy URL [registry.url].")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder of processed files [preprocess.out_dir].")
+    ] = None,
+) -> None:
+    """Register a scan series: record every file in the registry and align each follow-up to
+    its patient's baseline on the model grid.
+
+    Re-running on the same source adds and changes nothing; a changed file becomes a new
+    version. Bad files are rejected with a one-line reason (see `mtlgen registry rejections`)
+    and the rest goes on. Exit status: the number of files rejected in this run (capped at
+    100), 0 if none.
+    """
+    from mtlgen.io.sources import SourceError
+    from mtlgen.registry.queries import format_table
+    from mtlgen.registry.register import register_source
+
+    for key, value in (("registry.url", registry), ("preprocess.out_dir", out)):
+        if value is not None:
+            ctx.obj["overrides"].append(f"{key}={value}")
+    cfg = config_from(ctx)
+    try:
+        result = register_source(source, cfg)
+    except SourceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    rejected = result.rejected
+    if rejected:
+        rows = [
+            {"visit": r.visit, "kind": r.kind, "file": r.path, "reason": r.reason} for r in rejected
+        ]
+        typer.echo(format_table(rows, max_width=60))
+    typer.echo(
+        f"registered {result.registered}, unchanged {result.unchanged}, rejected {len(rejected)} "
+        f"files of {len(result.patients)} patients"
+    )
+    raise typer.Exit(min(len(rejected), _MAX_EXIT))
+
+
+registry_app = typer.Typer(
+    help="Look into the patient registry: patients, a patient's timeline, rejections.",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("patients")
+def registry_patients(ctx: typer.Context) -> None:
+    """List patients (pseudonyms) with their baseline, visits and current scans."""
+    from mtlgen.registry.queries import format_table, list_patients
+
+    typer.echo(format_table(list_patients(config_from(ctx).registry)))
+
+
+@registry_app.command("timeline")
+def registry_timeline(
+    ctx: typer.Context,
+    patient: Annotated[str, typer.Argument(help="Pseudonym (or source id with --source-id).")],
+    source_id: Annotated[
+        bool, typer.Option(help="PATIENT is a source id: pseudonymise it with the key first.")
+    ] = False,
+) -> None:
+    """Show a patient's visits: contrasts, versions, status and alignment quality (Mattes MI,
+    and NCC with the baseline reference for the same contrast)."""
+    from mtlgen.registry.pseudonym import load_key, pseudonymise
+    from mtlgen.registry.queries import format_table, timeline
+
+    cfg = config_from(ctx)
+    if source_id:
+        patient = pseudonymise(patient, load_key(cfg.registry.key_file))
+    try:
+        typer.echo(format_table(timeline(cfg.registry, patient)))
+    except KeyError as exc:
+        typer.echo(f"error: {exc.args[0]}", err=True)
+        raise typer.Exit(1) from None
+
+
+@registry_app.command("rejections")
+def registry_rejections(ctx: typer.Context) -> None:
+    """List every rejected file with its one-line reason."""
+    from mtlgen.registry.queries import format_table, list_rejections
+
+    typer.echo(format_table(list_rejections(config_from(ctx).registry), max_width=60))
+
+
 if __name__ == "__main__":
     app()

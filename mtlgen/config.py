@@ -86,12 +86,60 @@ class TrackingConfig(Section):
     connect_timeout_s: float = Field(5.0, gt=0, le=120)
 
 
+class RegistryConfig(Section):
+    """The patient / visit / scan registry and the checks every scan passes before it is used."""
+
+    url: str = Field("sqlite:///data/registry.sqlite", min_length=1)
+    key_file: Path = Path("data/pseudonym.key")
+    label_values: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    spacing_range_mm: tuple[float, float] = (0.2, 10.0)
+    sqlite_timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RegistryConfig:
+        lo, hi = self.spacing_range_mm
+        if not 0 < lo < hi:
+            raise ValueError("spacing_range_mm must be an increasing pair of positive numbers")
+        if any(not 0 <= v <= 255 for v in self.label_values):
+            raise ValueError("label_values must lie in 0..255 (labels are stored as uint8)")
+        return self
+
+
+class PreprocessConfig(Section):
+    """The model grid every accepted scan is resampled onto, and the rigid alignment to baseline."""
+
+    out_dir: Path = Path("data/processed")
+    spacing_mm: float = Field(3.0, ge=0.5, le=8.0)
+    shape: tuple[int, int, int] = (56, 64, 56)
+    intensity_percentiles: tuple[float, float] = (1.0, 99.0)
+    reference_contrasts: list[str] = Field(default_factory=lambda: ["T1w", "FLAIR"], min_length=1)
+    align_levels: list[int] = Field(default_factory=lambda: [2, 1], min_length=1)
+    align_bins: int = Field(32, ge=8, le=256)
+    align_sampling: float = Field(0.2, gt=0, le=1)
+    align_iterations: int = Field(60, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PreprocessConfig:
+        if any(n <= 0 or n % 8 for n in self.shape):
+            raise ValueError(f"shape must be positive multiples of 8, got {list(self.shape)}")
+        lo, hi = self.intensity_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError("intensity_percentiles must be an increasing pair in [0, 100]")
+        if any(f < 1 for f in self.align_levels) or self.align_levels != sorted(
+            self.align_levels, reverse=True
+        ):
+            raise ValueError("align_levels must be decreasing shrink factors >= 1, e.g. [2, 1]")
+        return self
+
+
 class Params(Section):
     """Root of params.yaml."""
 
     seed: int = Field(0, ge=0)
     synth: SynthConfig = SynthConfig()
     progression: ProgressionConfig = ProgressionConfig()
+    registry: RegistryConfig = RegistryConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 
