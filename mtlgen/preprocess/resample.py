@@ -1,0 +1,45 @@
+"""One interpolation from a source scan onto the model grid (orientation, spacing, crop/pad and
+alignment in a single resampling), and robust per-contrast intensity normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from mtlgen.io.validate import Volume
+from mtlgen.preprocess.grid import Grid
+
+
+def resample_to_grid(
+    vol: Volume, grid: Grid, to_baseline: np.ndarray, order: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``vol`` on ``grid``; return (values, mask of grid voxels inside the scan's FOV).
+
+    ``to_baseline`` maps the scan's world (RAS mm) onto the baseline's world, where the grid
+    lives. ``order`` 1 is trilinear (images), 0 nearest neighbour (labels). Outside the field of
+    view the value is 0.
+    """
+    grid_to_voxel = np.linalg.inv(vol.affine) @ np.linalg.inv(to_baseline) @ grid.affine
+    matrix, offset = grid_to_voxel[:3, :3], grid_to_voxel[:3, 3]
+    values = ndimage.affine_transform(
+        vol.data, matrix, offset, output_shape=grid.shape, order=order, mode="constant", cval=0.0
+    )
+    ijk = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
+    src = matrix.astype(np.float32) @ ijk + offset[:, None].astype(np.float32)
+    upper = np.asarray(vol.data.shape, dtype=np.float32)[:, None] - 0.5
+    inside = np.all((src >= -0.5) & (src <= upper), axis=0).reshape(grid.shape)
+    return values, inside
+
+
+def normalise(
+    values: np.ndarray, inside: np.ndarray, percentiles: tuple[float, float]
+) -> np.ndarray:
+    """Map the ``percentiles`` of in-FOV intensities to 0 and 1 (float32); 0 outside the FOV.
+
+    No clipping above 1, so bright lesions keep their contrast.
+    """
+    lo, hi = np.percentile(values[inside], percentiles) if inside.any() else (0.0, 1.0)
+    scale = float(hi - lo) or 1.0
+    out = (values - lo) / scale
+    out[~inside] = 0.0
+    return out.astype(np.float32)

@@ -1,0 +1,1 @@
+"""The patient registry: every scan recorded with its hash, geometry, status and alignment."""

@@ -1,0 +1,46 @@
+"""The hand-over to learning: every patient's current visits on the model grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from mtlgen.data.series import PatientSeries, VisitVolumes
+from mtlgen.registry.db import session_scope
+from mtlgen.registry.models import CURRENT, Label, Patient, Scan, Visit
+
+
+def load_series(url: str, sqlite_timeout_s: float = 120.0) -> list[PatientSeries]:
+    """Each patient's accepted, latest-version visits, aligned to its baseline, sorted by days.
+
+    ``url`` is the registry's SQLAlchemy URL (``params.registry.url``). Only pseudonymous ids
+    appear. A visit is listed if at least one of its current scans has a processed file; its
+    label is the current label's processed file, if any.
+    """
+    with session_scope(url, sqlite_timeout_s) as s:
+        patients = s.scalars(
+            select(Patient)
+            .order_by(Patient.pseudonym)
+            .options(
+                selectinload(Patient.visits).selectinload(Visit.scans).selectinload(Scan.result),
+                selectinload(Patient.visits).selectinload(Visit.labels).selectinload(Label.result),
+            )
+        ).all()
+        series = []
+        for patient in patients:
+            visits = []
+            for visit in sorted(patient.visits, key=lambda v: (v.days, v.key)):
+                images = {
+                    scan.modality: Path(scan.result.processed_path)
+                    for scan in visit.scans
+                    if scan.status == CURRENT and scan.result is not None
+                }
+                labels = [lb for lb in visit.labels if lb.status == CURRENT and lb.result]
+                if images:
+                    label = Path(labels[0].result.processed_path) if labels else None
+                    visits.append(VisitVolumes(visit.key, float(visit.days), images, label))
+            if visits:
+                series.append(PatientSeries(patient.pseudonym, tuple(visits)))
+        return series
