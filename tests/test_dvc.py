@@ -15,7 +15,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = {"synth": {"patients": 2, "spacing_mm": 4.0, "workers": 1, "visits_max": 3}}
+TINY = {
+    "synth": {"patients": 2, "spacing_mm": 4.0, "workers": 1, "visits_max": 3},
+    "preprocess": {"align_levels": [2], "align_iterations": 20},
+}
 
 
 def sh(cwd: Path, *args: str) -> str:
@@ -73,31 +76,38 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def changed(repo: Path) -> set[str]:
+    """The stages `dvc repro` would run now (`dvc status`)."""
+    return set(yaml.safe_load(sh(repo, "dvc", "status", "--json")) or {})
+
+
 def test_repro_reruns_only_changed_stages_and_push_pull_round_trip(tmp_path) -> None:
     repo = make_repo(tmp_path)
-    assert ran(sh(repo, "dvc", "repro")) == {"synth"}
-    assert "up to date" in sh(repo, "dvc", "status")
-    raw = repo / "data/raw/demo"
+    assert ran(sh(repo, "dvc", "repro")) == {"synth", "register"}
+    raw, processed = repo / "data/raw/demo", repo / "data/processed"
     assert len(list(raw.glob("sub-*"))) == 2
-    assert ran(sh(repo, "dvc", "repro")) == set()
+    assert len([p for p in processed.iterdir() if p.is_dir()]) == 2  # one folder per pseudonym
+    assert changed(repo) == set()
 
     set_params(repo, {"progression": {"increase": 0.5}})  # read by no stage so far
-    assert ran(sh(repo, "dvc", "repro")) == set()
+    assert changed(repo) == set()
+    set_params(repo, {"preprocess": {"align_iterations": 21}})
+    assert changed(repo) == {"register"}
     set_params(repo, {"synth": {"patients": 3}})
-    status = sh(repo, "dvc", "status", "--json")
-    assert set(yaml.safe_load(status)) == {"synth"}
-    set_params(repo, {"synth": {"patients": 2}})
-    assert "up to date" in sh(repo, "dvc", "status")
+    assert changed(repo) == {"synth", "register"}
+    set_params(repo, TINY)
+    assert ran(sh(repo, "dvc", "repro")) == set()
 
-    # data under data/ is DVC's, never git's
-    assert "data/raw" not in sh(repo, "git", "ls-files")
-    before = tree_hashes(raw)
-    out = sh(repo, "dvc", "push")
-    assert "files pushed" in out
-    assert any((repo / "dvc-remote").rglob("*"))
+    # data under data/ is DVC's, never git's; push, empty the workspace and cache, pull
+    untracked = sh(repo, "git", "status", "--porcelain", "--untracked-files=all", "data")
+    assert all(line.endswith(".gitignore") for line in untracked.splitlines()), untracked
+    before = tree_hashes(repo / "data")
+    assert "files pushed" in sh(repo, "dvc", "push")
     shutil.rmtree(raw)
+    shutil.rmtree(processed)
+    (repo / "data/registry.sqlite").unlink()
     shutil.rmtree(repo / ".dvc/cache")
-    assert "not in cache" in sh(repo, "dvc", "status")
+    assert changed(repo) == {"synth", "register"}
     sh(repo, "dvc", "pull")
-    assert tree_hashes(raw) == before
-    assert "up to date" in sh(repo, "dvc", "status")
+    assert tree_hashes(repo / "data") == before
+    assert changed(repo) == set()
