@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mtlgen.ids import check_token
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -132,12 +134,52 @@ class PreprocessConfig(Section):
         return self
 
 
+class PrimaryMetric(Section):
+    """A metric that decides whether a model is better: ``<kind>.<metric>`` and its direction."""
+
+    metric: str = Field(pattern=r"^(future|reconstruction)\.[a-z0-9_]+$")
+    direction: Literal["max", "min"]
+
+
+class EvaluateConfig(Section):
+    """Evaluation of models and baselines on the test patients (``mtlgen evaluate``)."""
+
+    out_dir: Path = Path("data/evaluation")
+    baselines: list[Literal["copy_last", "linear", "exponential"]] = Field(
+        default_factory=lambda: ["copy_last", "linear", "exponential"]
+    )
+    checkpoints: dict[str, Path] = Field(default_factory=dict)
+    brain_fraction: float = Field(0.1, gt=0, lt=1)
+    brain_sigma_vox: float = Field(1.0, ge=0, le=10)
+    changing_dilation_vox: int = Field(1, ge=0, le=10)
+    ssim_window: int = Field(7, ge=3, le=15)
+    primary_metrics: list[PrimaryMetric] = Field(
+        default_factory=lambda: [
+            PrimaryMetric(metric="future.dice_lesion", direction="max"),
+            PrimaryMetric(metric="future.volume_abs_error_ml", direction="min"),
+            PrimaryMetric(metric="future.image_mae_change", direction="min"),
+        ],
+        min_length=1,
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> EvaluateConfig:
+        if self.ssim_window % 2 == 0:
+            raise ValueError(f"ssim_window must be odd, got {self.ssim_window}")
+        for name in self.checkpoints:
+            check_token(name, "checkpoint name")
+            if name in ("copy_last", "linear", "exponential"):
+                raise ValueError(f"checkpoint name {name!r} is taken by a baseline")
+        return self
+
+
 class Params(Section):
     """Root of params.yaml."""
 
     seed: int = Field(0, ge=0)
     synth: SynthConfig = SynthConfig()
     progression: ProgressionConfig = ProgressionConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     tracking: TrackingConfig = TrackingConfig()

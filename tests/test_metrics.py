@@ -14,6 +14,7 @@ from mtlgen.evaluate.metrics import (
     region_mae,
     region_psnr,
     region_ssim,
+    ssim_map,
     status_scores,
     volume_errors,
     voxel_spacing_mm,
@@ -138,3 +139,23 @@ def test_changing_region_is_the_label_difference_dilated():
     assert exact.sum() == 1 and exact[5, 5, 6]
     assert changing_region(before, after, dilation_vox=1).sum() == 7  # 6-connected cross
     assert not changing_region(before, before, dilation_vox=2).any()
+
+
+def test_ssim_map_matches_monai():
+    import torch
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    rng = np.random.default_rng(3)
+    truth = rng.random((14, 15, 16)).astype(np.float32)
+    pred = (truth + 0.2 * rng.standard_normal(truth.shape)).astype(np.float32)
+    ours = ssim_map(pred, truth, data_range=1.0, window=7)
+    theirs, _ = compute_ssim_and_cs(
+        torch.from_numpy(pred)[None, None],
+        torch.from_numpy(truth)[None, None],
+        spatial_dims=3,
+        kernel_size=[7, 7, 7],
+        kernel_sigma=[1.5, 1.5, 1.5],
+        data_range=1.0,
+    )
+    assert np.isnan(ours[:3]).all() and np.isnan(ours[-3:]).all()
+    np.testing.assert_allclose(ours[3:-3, 3:-3, 3:-3], theirs[0, 0].numpy(), atol=2e-5)

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
-from monai.metrics.regression import compute_ssim_and_cs
 from scipy import ndimage
 
 from mtlgen.progression import STATUSES, Status
@@ -70,8 +69,18 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> fl
         return 0.0
     if has_pred != has_truth:
         return float(np.linalg.norm(np.array(truth.shape) * np.asarray(spacing_mm, dtype=float)))
+    box = _bounding_box(pred | truth, margin=1)  # surfaces lie inside: distances unchanged
     metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    return float(metric(_as_batch(pred), _as_batch(truth), spacing=list(spacing_mm))[0, 0])
+    return float(
+        metric(_as_batch(pred[box]), _as_batch(truth[box]), spacing=list(spacing_mm))[0, 0]
+    )
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, mask.shape)
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
 
 
 def volume_errors(pred_ml: float, truth_ml: float) -> tuple[float, float]:
@@ -149,22 +158,54 @@ def region_psnr(
     return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
 
 
+def _gaussian_1d(window: int, sigma: float) -> np.ndarray:
+    offsets = np.arange(window, dtype=np.float64) - (window - 1) / 2
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def ssim_map(
+    pred: np.ndarray, truth: np.ndarray, data_range: float, window: int, sigma: float = 1.5
+) -> np.ndarray:
+    """Local SSIM with a Gaussian window (``window`` voxels, ``sigma``) at every voxel whose whole
+    window lies inside the volume; NaN at the others.
+
+    The same statistic as MONAI's ``compute_ssim_and_cs`` (k1 = 0.01, k2 = 0.03), computed with a
+    separable filter: about 10x faster on CPU than MONAI's dense 3-D convolution, and tested
+    against it.
+    """
+    _check_pair(pred, truth, "image SSIM")
+    kernel, half = _gaussian_1d(window, sigma), window // 2
+    valid = tuple(slice(half, n - half) for n in pred.shape)
+
+    def local_mean(x: np.ndarray) -> np.ndarray:
+        for axis in range(x.ndim):
+            x = ndimage.correlate1d(x, kernel, axis=axis, mode="constant")
+        return x[valid]
+
+    x, y = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = local_mean(x * x) - mu_x**2
+    var_y = local_mean(y * y) - mu_y**2
+    cov = local_mean(x * y) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    local = (
+        (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * (2 * cov + c2) / (var_x + var_y + c2)
+    )
+    full = np.full(pred.shape, np.nan, dtype=np.float32)
+    full[valid] = local
+    return full
+
+
+def region_nanmean(values: np.ndarray, region: np.ndarray) -> float:
+    """Mean of ``values`` over ``region`` ignoring NaN; NaN when nothing is left."""
+    inside = values[region]
+    inside = inside[~np.isnan(inside)]
+    return float(inside.mean()) if inside.size else float("nan")
+
+
 def region_ssim(
     pred: np.ndarray, truth: np.ndarray, region: np.ndarray, data_range: float, window: int
 ) -> float:
-    """Mean of the local SSIM map (MONAI, Gaussian window ``window`` voxels, sigma 1.5) over the
-    voxels of ``region`` whose whole window lies inside the volume; NaN when there are none."""
-    _check_pair(pred, truth, "image SSIM")
-    ssim_map, _ = compute_ssim_and_cs(
-        _as_batch(pred),
-        _as_batch(truth),
-        spatial_dims=3,
-        kernel_size=[window] * 3,
-        kernel_sigma=[1.5] * 3,
-        data_range=data_range,
-    )
-    half = window // 2
-    inner = region[half:-half, half:-half, half:-half] if half else region
-    if not inner.any():
-        return float("nan")
-    return float(ssim_map[0, 0].numpy()[inner].mean())
+    """Mean local SSIM (``ssim_map``) over the voxels of ``region`` where it is defined."""
+    return region_nanmean(ssim_map(pred, truth, data_range, window), region)

@@ -1,0 +1,197 @@
+"""The evaluation report: a markdown table, bar charts per metric, and a montage of one case."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from mtlgen.evaluate.baselines import BASELINES
+from mtlgen.evaluate.predictor import Prediction
+from mtlgen.evaluate.run import KINDS, METRICS, CaseTruth
+from mtlgen.io.atomic import write_atomic, write_text_atomic
+
+
+def _cell(entry: Mapping | None) -> str:
+    if not entry or entry["mean"] is None:
+        return "–"
+    std = "" if entry["std"] is None else f" ± {entry['std']:.3g}"
+    return f"{entry['mean']:.3g}{std}"
+
+
+def _best(values: dict[str, float | None], direction: str) -> str | None:
+    defined = {k: v for k, v in values.items() if v is not None}
+    if not defined:
+        return None
+    return (max if direction == "max" else min)(defined, key=defined.get)
+
+
+def summary_markdown(metrics: dict) -> str:
+    """Per case kind, a metric x predictor table (mean ± std over cases; best in bold), then
+    each model's primary metrics against copy-last and the best baseline."""
+    results, meta = metrics["results"], metrics["meta"]
+    names = meta["predictors"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"Test patients: {len(meta['test_patients'])} (split seed {meta['split_seed']}); "
+        f"cases: {meta['cases']}. Mean ± std over cases; status scores over all cases. "
+        "Arrows: ↑ higher is better, ↓ lower is better.",
+    ]
+    for name, count in meta.get("fallbacks", {}).items():
+        lines.append(
+            f"`{name}` fell back to copy-last's volume on {count} case(s) "
+            "(fewer than two usable context volumes)."
+        )
+    for kind in KINDS:
+        if not any(kind in results.get(n, {}) for n in names):
+            continue
+        lines += ["", f"## {kind}", "", "| metric | " + " | ".join(names) + " |"]
+        lines.append("|---" * (len(names) + 1) + "|")
+        for metric, direction in METRICS.items():
+            entries = {n: results.get(n, {}).get(kind, {}).get(metric) for n in names}
+            means = {n: e["mean"] if e else None for n, e in entries.items()}
+            best = _best(means, direction)
+            top = means[best] if best else None
+            cells = [
+                f"**{_cell(e)}**"
+                if top is not None and means[n] == top and len(names) > 1
+                else _cell(e)
+                for n, e in entries.items()
+            ]
+            arrow = "↑" if direction == "max" else "↓"
+            lines.append(f"| {metric} {arrow} | " + " | ".join(cells) + " |")
+    models = [n for n in names if n not in BASELINES]
+    baselines = [n for n in names if n in BASELINES]
+    if models and baselines:
+        lines += [
+            "",
+            "## Primary metrics: models against baselines",
+            "",
+            "| model | metric | model | copy_last | best baseline | ratio to best baseline |",
+            "|---|---|---|---|---|---|",
+        ]
+        for model in models:
+            for primary in meta["primary_metrics"]:
+                kind, metric = primary["metric"].split(".", 1)
+
+                def mean(name: str, kind: str = kind, metric: str = metric) -> float | None:
+                    entry = results.get(name, {}).get(kind, {}).get(metric)
+                    return entry["mean"] if entry else None
+
+                best = _best({b: mean(b) for b in baselines}, primary["direction"])
+                value, ref = mean(model), mean(best) if best else None
+                ratio = f"{value / ref:.3f}" if value is not None and ref else "–"
+                copy = mean("copy_last")
+                lines.append(
+                    f"| {model} | {primary['metric']} ({primary['direction']}) | "
+                    f"{'–' if value is None else f'{value:.4g}'} | "
+                    f"{'–' if copy is None else f'{copy:.4g}'} | "
+                    f"{best or '–'}: {'–' if ref is None else f'{ref:.4g}'} | {ratio} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(metrics: dict, path: Path) -> Path:
+    """Bar chart per metric: predictors side by side, one bar group per case kind, std whiskers."""
+    results, names = metrics["results"], metrics["meta"]["predictors"]
+    kinds = [k for k in KINDS if any(k in results.get(n, {}) for n in names)]
+    cols = 4
+    rows = int(np.ceil(len(METRICS) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    width = 0.8 / max(len(names), 1)
+    colors = plt.get_cmap("tab10")
+    for ax, (metric, direction) in zip(axes.flat, METRICS.items(), strict=False):
+        for i, name in enumerate(names):
+            means, stds = [], []
+            for kind in kinds:
+                entry = results.get(name, {}).get(kind, {}).get(metric) or {}
+                means.append(np.nan if entry.get("mean") is None else entry["mean"])
+                stds.append(0.0 if entry.get("std") is None else entry["std"])
+            x = np.arange(len(kinds)) + (i - (len(names) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=stds, capsize=2, label=name, color=colors(i % 10))
+        ax.set_xticks(np.arange(len(kinds)), kinds)
+        ax.set_title(f"{metric} {'↑' if direction == 'max' else '↓'}", fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(METRICS) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=9)
+    fig.suptitle("mtlgen evaluation on test patients (mean ± std over cases)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_montage(truth: CaseTruth, predictions: dict[str, Prediction], path: Path) -> Path:
+    """One case, axial slice through the changing region: image, label and |error| per column
+    (reference visit, truth, then each predictor)."""
+    contrast = next(
+        c for c in truth.target.images if all(c in p.images for p in predictions.values())
+    )
+    focus = truth.change if truth.change is not None and truth.change.any() else truth.brain
+    z = round(float(np.argwhere(focus)[:, 2].mean()))
+    true_image = truth.target.images[contrast]
+    lo, hi = np.percentile(true_image[truth.brain], [1, 99.5])
+    columns = [
+        (
+            f"last visit ({truth.reference.days:.0f} d)",
+            truth.reference.images.get(contrast),
+            truth.reference.label,
+        ),
+        (f"truth ({truth.target.days:.0f} d)", true_image, truth.target.label),
+    ] + [(name, p.images[contrast], p.label) for name, p in predictions.items()]
+    fig, axes = plt.subplots(3, len(columns), figsize=(2.3 * len(columns), 7.0), squeeze=False)
+    err_max = max(float(np.abs(c[1] - true_image).max()) for c in columns if c[1] is not None)
+    for j, (title, image, label) in enumerate(columns):
+        img = image if image is not None else np.zeros_like(true_image)
+        axes[0, j].imshow(np.rot90(img[:, :, z]), cmap="gray", vmin=lo, vmax=hi)
+        axes[0, j].set_title(title, fontsize=8)
+        axes[1, j].imshow(np.rot90(img[:, :, z]), cmap="gray", vmin=lo, vmax=hi)
+        if label is not None:
+            masked = np.ma.masked_equal(np.rot90(label[:, :, z]), 0)
+            axes[1, j].imshow(masked, cmap="autumn", vmin=1, vmax=2, alpha=0.6)
+        if truth.change is not None:
+            axes[1, j].contour(
+                np.rot90(truth.change[:, :, z]), levels=[0.5], colors="c", linewidths=0.6
+            )
+        if j == 1:
+            axes[2, j].axis("off")
+        else:
+            err = axes[2, j].imshow(
+                np.rot90(np.abs(img - true_image)[:, :, z]), cmap="magma", vmin=0, vmax=err_max
+            )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel(contrast)
+    axes[1, 0].set_ylabel("label (cyan: changing region)")
+    axes[2, 0].set_ylabel("|prediction − truth|")
+    fig.colorbar(err, ax=axes[2, :].tolist(), shrink=0.8)
+    fig.suptitle(f"{truth.case_id}", fontsize=9)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    try:
+        return write_atomic(path, lambda p: fig.savefig(p, dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def write_report(
+    metrics: dict, montage: tuple[CaseTruth, dict[str, Prediction]] | None, out_dir: Path
+) -> list[Path]:
+    """Write ``summary.md``, ``summary.png`` and (when there is a future case) ``montage.png``."""
+    out_dir = Path(out_dir)
+    paths = [
+        write_text_atomic(out_dir / "summary.md", summary_markdown(metrics)),
+        plot_summary(metrics, out_dir / "summary.png"),
+    ]
+    if montage is not None:
+        paths.append(plot_montage(*montage, out_dir / "montage.png"))
+    return paths

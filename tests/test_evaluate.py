@@ -1,0 +1,204 @@
+"""The evaluation runner and report on a tiny aligned synthetic series (real MNI anatomy)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mtlgen.config import EvaluateConfig, ProgressionConfig
+from mtlgen.data.samples import enumerate_samples
+from mtlgen.data.series import load_visit
+from mtlgen.data.splits import Split
+from mtlgen.evaluate.baselines import make_baseline
+from mtlgen.evaluate.predictor import Prediction
+from mtlgen.evaluate.report import write_report
+from mtlgen.evaluate.run import METRICS, evaluate_predictors, primary_scores, write_metrics
+from mtlgen.progression import progression_status
+
+PROGRESSION = ProgressionConfig()
+MAX_CONTEXT = 2
+
+
+def _core_ml(path) -> float:
+    img = nib.load(path)
+    return (
+        float(np.count_nonzero(np.asarray(img.dataobj) == 1))
+        * abs(np.linalg.det(img.affine[:3, :3]))
+        / 1000.0
+    )
+
+
+class Oracle:
+    """Test predictor that answers with the true target visit (found by its days)."""
+
+    name = "oracle"
+
+    def __init__(self, series):
+        self.series = series
+
+    def predict(self, context, target_days):
+        for patient in self.series:
+            days = [v.days for v in patient.visits]
+            if (
+                all(
+                    any(v.visit == c.visit and v.days == c.days for v in patient.visits)
+                    for c in context
+                )
+                and target_days in days
+            ):
+                target = load_visit(patient.visits[days.index(target_days)])
+                core = _core_ml(patient.visits[days.index(target_days)].label)
+                ref = max((c for c in context if c.days <= target_days), key=lambda c: c.days)
+                ref_ml = (
+                    float((ref.label == 1).sum()) * abs(np.linalg.det(ref.affine[:3, :3])) / 1e3
+                )
+                status = progression_status(
+                    ref_ml, core, PROGRESSION.increase, PROGRESSION.decrease
+                )
+                return Prediction(target.images, target.label, core, status)
+        raise AssertionError("oracle: target not found")
+
+
+class WrongShape:
+    name = "wrong_shape"
+
+    def predict(self, context, target_days):
+        last = context[-1]
+        return Prediction(last.images, last.label[:-1], 1.0, "stable")
+
+
+@pytest.fixture(scope="module")
+def evaluation(aligned_series, tmp_path_factory):
+    test = tuple(s.patient for s in aligned_series[2:])
+    split = Split(0, tuple(s.patient for s in aligned_series[:2]), (), test)
+    cfg = EvaluateConfig()
+    predictors = [make_baseline(b, 0.25, 0.25) for b in cfg.baselines]
+    predictors.append(Oracle(aligned_series))
+    result = evaluate_predictors(
+        aligned_series, split, predictors, cfg, PROGRESSION, MAX_CONTEXT, progress=False
+    )
+    out = tmp_path_factory.mktemp("evaluation")
+    write_metrics(result, out)
+    write_report(result.metrics, result.montage, out)
+    chosen = [s for s in aligned_series if s.patient in test]
+    return result, out, chosen, cfg
+
+
+def test_metrics_json_has_stable_keys(evaluation):
+    _, out, chosen, cfg = evaluation
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert set(on_disk) == {"meta", "results"}
+    assert set(on_disk["results"]) == {"copy_last", "linear", "exponential", "oracle"}
+    for block in on_disk["results"].values():
+        assert set(block) == {"future", "reconstruction"}
+        for kind in block.values():
+            assert set(kind) == set(METRICS)
+            assert all(set(entry) == {"mean", "std", "n"} for entry in kind.values())
+    expected = {"future": 0, "reconstruction": 0}
+    for series in chosen:
+        for spec in enumerate_samples(series, MAX_CONTEXT):
+            expected[spec.kind] += 1
+    assert on_disk["meta"]["cases"] == expected
+    assert on_disk["meta"]["test_patients"] == [s.patient for s in chosen]
+    assert primary_scores(on_disk, "copy_last", cfg) == {
+        "future.dice_lesion": on_disk["results"]["copy_last"]["future"]["dice_lesion"]["mean"],
+        "future.volume_abs_error_ml": on_disk["results"]["copy_last"]["future"][
+            "volume_abs_error_ml"
+        ]["mean"],
+        "future.image_mae_change": on_disk["results"]["copy_last"]["future"]["image_mae_change"][
+            "mean"
+        ],
+    }
+
+
+def test_copy_last_numbers_match_an_independent_computation(evaluation):
+    result, _, chosen, _ = evaluation
+    errors, stable, dices = [], [], []
+    for series in chosen:
+        for spec in enumerate_samples(series, MAX_CONTEXT):
+            if spec.kind != "future":
+                continue
+            last, target = series.visits[spec.context[-1]], series.visits[spec.target]
+            v_last, v_target = _core_ml(last.label), _core_ml(target.label)
+            errors.append(abs(v_last - v_target))
+            stable.append(progression_status(v_last, v_target, 0.25, 0.25) == "stable")
+            a = np.asarray(nib.load(last.label).dataobj) > 0
+            b = np.asarray(nib.load(target.label).dataobj) > 0
+            dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+    future = result.metrics["results"]["copy_last"]["future"]
+    assert future["volume_abs_error_ml"]["mean"] == pytest.approx(np.mean(errors))
+    assert future["volume_abs_error_ml"]["std"] == pytest.approx(np.std(errors))
+    assert future["status_accuracy"]["mean"] == pytest.approx(np.mean(stable))
+    assert future["dice_lesion"]["mean"] == pytest.approx(np.mean(dices), rel=1e-6)
+    assert 0.3 < future["dice_lesion"]["mean"] < 1.0  # lesions change: copy-last is not perfect
+    # extrapolation baselines copy the same images and masks: identical image/mask metrics
+    for name in ("linear", "exponential"):
+        other = result.metrics["results"][name]["future"]
+        for metric in ("dice_lesion", "hd95_lesion_mm", "image_mae_brain", "image_mae_change"):
+            assert other[metric] == future[metric]
+
+
+def test_oracle_is_perfect_and_copy_last_is_not(evaluation):
+    result, *_ = evaluation
+    for kind in ("future", "reconstruction"):
+        oracle = result.metrics["results"]["oracle"][kind]
+        copy = result.metrics["results"]["copy_last"][kind]
+        assert oracle["dice_lesion"]["mean"] == 1.0
+        assert oracle["hd95_lesion_mm"]["mean"] == 0.0
+        assert oracle["volume_abs_error_ml"]["mean"] == pytest.approx(0.0, abs=1e-12)
+        assert oracle["status_accuracy"]["mean"] == 1.0
+        assert oracle["image_mae_change"]["mean"] == 0.0
+        assert oracle["image_ssim_brain"]["mean"] == pytest.approx(1.0)
+        assert oracle["image_psnr_brain"]["mean"] is None  # infinite PSNR is not averaged
+        # the changing region is where copy-last is worst
+        assert copy["image_mae_change"]["mean"] > 2 * copy["image_mae_brain"]["mean"]
+
+
+def test_per_case_rows_agree_with_aggregates(evaluation):
+    result, out, *_ = evaluation
+    rows = (out / "cases.tsv").read_text().splitlines()
+    header = rows[0].split("\t")
+    records = [dict(zip(header, r.split("\t"), strict=True)) for r in rows[1:]]
+    mine = np.array(
+        [
+            float(r["image_mae_change"] or "nan")
+            for r in records
+            if r["predictor"] == "copy_last" and r["kind"] == "reconstruction"
+        ]
+    )
+    entry = result.metrics["results"]["copy_last"]["reconstruction"]["image_mae_change"]
+    # an empty changing region (a lesion that did not change) has no image error to average
+    assert 0 < entry["n"] == np.isfinite(mine).sum()
+    assert entry["mean"] == pytest.approx(np.nanmean(mine))
+
+
+def test_report_is_written(evaluation):
+    _, out, *_ = evaluation
+    summary = (out / "summary.md").read_text()
+    assert "| metric | copy_last | linear | exponential | oracle |" in summary
+    assert "## Primary metrics: models against baselines" in summary
+    for png in ("summary.png", "montage.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_bad_input_fails_clearly(aligned_series):
+    cfg = EvaluateConfig()
+    copy = make_baseline("copy_last", 0.25, 0.25)
+    nobody = Split(0, (), (), ("999",))
+    with pytest.raises(ValueError, match="test patients"):
+        evaluate_predictors(
+            aligned_series, nobody, [copy], cfg, PROGRESSION, MAX_CONTEXT, progress=False
+        )
+    split = Split(0, (), (), (aligned_series[0].patient,))
+    with pytest.raises(ValueError, match="unique"):
+        evaluate_predictors(
+            aligned_series, split, [copy, copy], cfg, PROGRESSION, MAX_CONTEXT, progress=False
+        )
+    with pytest.raises(ValueError, match=r"wrong_shape.*label shape"):
+        evaluate_predictors(
+            aligned_series, split, [WrongShape()], cfg, PROGRESSION, MAX_CONTEXT, progress=False
+        )
