@@ -4,9 +4,14 @@ registry, promotion rule and loading by alias."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -28,7 +33,7 @@ from mtlgen.track.registry import (
     load_model,
     register_checkpoint,
 )
-from mtlgen.track.run import TrackingUnavailable, tracked_run
+from mtlgen.track.run import TrackingUnavailable, check_reachable, tracked_run
 
 PRIMARY = {"dice": "max", "volume_mae": "min"}
 
@@ -162,7 +167,7 @@ def test_provenance_environment_and_data_version(tmp_path) -> None:
     assert data_version([], tmp_path)["git.dirty"] == "True"
 
 
-def test_register_promote_and_load_by_alias(store, tmp_path) -> None:
+def exercise_registry(store: TrackingConfig, tmp_path: Path) -> None:
     """First model becomes champion; a worse one stays candidate; an equal-or-better one wins;
     a model evaluated on another split is refused; champion loads back with identical output."""
     split = save_split(
@@ -229,3 +234,65 @@ def test_register_promote_and_load_by_alias(store, tmp_path) -> None:
     assert json.loads((ckpt_dir / "config.json").read_text())["meta"] == {"seed": 3}
     with pytest.raises(LookupError, match="no version or alias 'nope'"):
         load_model(store, "nope")
+
+
+def test_register_promote_and_load_by_alias(store, tmp_path) -> None:
+    exercise_registry(store, tmp_path)
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1 and a free port,
+    in its own session so that its worker processes end with it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=(root / "server.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                check_reachable(TrackingConfig(uri=uri, connect_timeout_s=1))
+                break
+            except TrackingUnavailable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((root / "server.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_registry_against_real_mlflow_server(tmp_path) -> None:
+    with mlflow_server(tmp_path) as uri:
+        store = TrackingConfig(uri=uri, experiment="server-test", model_name="server-mtl")
+        with pytest.raises(RuntimeError, match="boom"), tracked_run(store, "crash") as run:
+            raise RuntimeError("boom")
+        assert mlflow.MlflowClient().get_run(run.run_id).info.status == "FAILED"
+        exercise_registry(store, tmp_path)
+        artifact_uri = mlflow.MlflowClient().get_run(run.run_id).info.artifact_uri
+        assert artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not local
