@@ -162,7 +162,7 @@ def register(
         rows = [
             {"visit": r.visit, "kind": r.kind, "file": r.path, "reason": r.reason} for r in rejected
         ]
-        typer.echo(format_table(rows, max_width=60))
+        typer.echo(format_table(rows))
     typer.echo(
         f"registered {result.registered}, unchanged {result.unchanged}, rejected {len(rejected)} "
         f"files of {len(result.patients)} patients"
@@ -213,7 +213,7 @@ def registry_rejections(ctx: typer.Context) -> None:
     """List every rejected file with its one-line reason."""
     from mtlgen.registry.queries import format_table, list_rejections
 
-    typer.echo(format_table(list_rejections(config_from(ctx).registry), max_width=60))
+    typer.echo(format_table(list_rejections(config_from(ctx).registry)))
 
 
 if __name__ == "__main__":

@@ -117,8 +117,8 @@ class PreprocessConfig(Section):
     reference_contrasts: list[str] = Field(default_factory=lambda: ["T1w", "FLAIR"], min_length=1)
     align_levels: list[int] = Field(default_factory=lambda: [2, 1], min_length=1)
     align_bins: int = Field(32, ge=8, le=256)
-    align_sampling: float = Field(0.2, gt=0, le=1)
-    align_iterations: int = Field(60, ge=1, le=10_000)
+    align_sampling: float = Field(0.1, gt=0, le=1)
+    align_iterations: int = Field(30, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _ranges(self) -> PreprocessConfig:

@@ -114,3 +114,62 @@ def aligned_series(tmp_path_factory) -> list[PatientSeries]:
     )
     write_cohort(cfg, ALIGNED_SEED, root / "bids", progress=False)
     return write_aligned_series(root / "bids", root / "processed")
+
+
+MOTION_SEED = 5
+
+
+@pytest.fixture(scope="session")
+def motion_cohort(tmp_path_factory) -> Path:
+    """3 patients at 4 mm with head motion between visits (poses known): registration input."""
+    out = tmp_path_factory.mktemp("motion") / "bids"
+    write_cohort(
+        SynthConfig(patients=3, spacing_mm=4.0, workers=1), MOTION_SEED, out, progress=False
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def register_params():
+    """Factory: Params whose registry, key file and processed folder live under ``root``."""
+    from mtlgen.config import Params
+
+    def make(root: Path, url: str | None = None):
+        return Params.model_validate(
+            {
+                "registry": {
+                    "url": url or f"sqlite:///{root / 'registry.sqlite'}",
+                    "key_file": str(root / "pseudonym.key"),
+                },
+                "preprocess": {"out_dir": str(root / "processed")},
+            }
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def manifest_rows():
+    """Factory: CSV manifest rows (dicts) for some patients of a BIDS cohort, via discovery."""
+    from mtlgen.io.sources import discover_bids
+
+    def rows(cohort: Path, patients: set[str]) -> list[dict]:
+        out = []
+        for patient in discover_bids(cohort):
+            if patient.patient_id not in patients:
+                continue
+            for visit in patient.visits:
+                for scan in visit.scans:
+                    out.append(
+                        {
+                            "patient": patient.patient_id,
+                            "visit": visit.visit_id,
+                            "date": visit.date.isoformat(),
+                            "modality": scan.modality,
+                            "image": str(scan.files[0]),
+                            "label": str(visit.label.files[0]) if visit.label else "",
+                        }
+                    )
+        return out
+
+    return rows

@@ -76,19 +76,22 @@ def list_rejections(reg: RegistryConfig) -> list[dict]:
         ]
 
 
-def format_table(rows: list[dict], max_width: int = 80) -> str:
-    """A plain-text table (columns padded; long cells shortened from the left)."""
+def format_table(rows: list[dict], path_width: int = 60) -> str:
+    """A plain-text table; cells of a ``file`` column longer than ``path_width`` keep their end."""
     if not rows:
         return "(none)"
 
-    def text(value) -> str:
+    def text(column: str, value) -> str:
         if isinstance(value, float):
             return f"{value:.3f}" if value % 1 else f"{value:.0f}"
         value = "-" if value is None else str(value)
-        return value if len(value) <= max_width else "..." + value[-(max_width - 3) :]
+        if column == "file" and len(value) > path_width:
+            return "..." + value[-(path_width - 3) :]
+        return value
 
-    cells = [[text(r[c]) for c in rows[0]] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(rows[0])]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True))]
+    columns = list(rows[0])
+    cells = [[text(c, r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)

@@ -391,12 +391,12 @@ class _Registration:
             for p in files:
                 if p.scan.modality == LABEL:
                     values, _ = resample_to_grid(p.volume, grid, transform, order=0)
-                    p.processed = out_dir / f"dseg-{p.sha[:12]}.nii.gz"
+                    p.processed = out_dir / f"dseg-{p.sha[:12]}.nii"
                     save_nifti(p.processed, np.rint(values), grid.affine, dtype=np.uint8)
                     quality = None
                 else:
                     image, inside = _grid_image(p.volume, grid, transform, self.params)
-                    p.processed = out_dir / f"{p.scan.modality}-{p.sha[:12]}.nii.gz"
+                    p.processed = out_dir / f"{p.scan.modality}-{p.sha[:12]}.nii"
                     save_nifti(p.processed, image, grid.affine, dtype=np.float32)
                     same = (
                         p.scan.modality == patient.reference and visit_id != patient.baseline_visit
