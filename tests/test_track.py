@@ -131,6 +131,12 @@ def test_logger_refuses_source_patient_ids(store, tmp_path) -> None:
             run.log_artifact(leaky)
         run.log_params({"patient": "p0001"})
     assert mlflow.MlflowClient().get_run(run.run_id).data.params == {"patient": "p0001"}
+    with tracked_run(store, "privacy-tokens", forbidden={"001"}) as run:
+        run.log_params({"lr": 0.001, "patient": "p1001", "contrasts": ["T1w"]})  # no whole token
+        with pytest.raises(PrivacyError):
+            run.log_params({"source": "bids/sub-001/ses-01"})
+        with pytest.raises(PrivacyError):
+            run.log_params({"ids": ["002", "001"]})
 
 
 def test_provenance_environment_and_data_version(tmp_path) -> None:
@@ -296,3 +302,66 @@ def test_registry_against_real_mlflow_server(tmp_path) -> None:
         exercise_registry(store, tmp_path)
         artifact_uri = mlflow.MlflowClient().get_run(run.run_id).info.artifact_uri
         assert artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not local
+
+
+def test_stage_run_logs_settings_environment_data_version_and_evaluation(store, tmp_path) -> None:
+    from mtlgen.config import Params
+    from mtlgen.registry.db import session_scope
+    from mtlgen.registry.models import Patient, PatientId
+    from mtlgen.track.stage import log_evaluation, stage_run
+
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    with session_scope(url) as s:
+        s.add(Patient(pseudonym="p0a1b2c3", baseline_visit="v0", reference="T1w", grid="{}"))
+        s.flush()
+        s.add(PatientId(pseudonym="p0a1b2c3", source_id="HOSP-77"))
+    split = save_split(make_split(["p0a1b2c3", "p1", "p2"], 0.3, 0.3, 0), tmp_path / "split.json")
+    params = Params.model_validate(
+        {
+            "tracking": store.model_dump(),
+            "registry": {"url": url},
+        }
+    )
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "meta": {"split_sha256": file_sha256(split)},
+                "results": {
+                    "mtl": {"future": {"dice_lesion": {"mean": 0.7, "std": 0.1, "n": 4}}},
+                    "copy_last": {"future": {"dice_lesion": {"mean": None, "std": None, "n": 0}}},
+                },
+            }
+        )
+    )
+    (out / "summary.md").write_text("# summary\n")
+    with stage_run(params, "evaluate", ["data/processed"], split) as run:
+        means = log_evaluation(run, out)
+        with pytest.raises(PrivacyError):
+            run.log_params({"note": "scan of HOSP-77"})
+    assert means == {"mtl.future.dice_lesion": 0.7}
+    got = mlflow.MlflowClient().get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params["data.split_sha256"] == file_sha256(split)
+    assert got.data.params["evaluation.split_sha256"] == file_sha256(split)
+    assert got.data.params["data.dvc.data/processed"] == "untracked"
+    assert got.data.params["env.torch"] == environment()["torch"]
+    assert got.data.params["train.epochs"] == str(params.train.epochs)
+    assert got.data.tags["mtlgen.stage"] == "evaluate"
+    assert len(got.data.tags["mtlgen.git_commit"]) in (40, len("unknown"))
+    assert got.data.metrics == {"mtl.future.dice_lesion": 0.7}
+    names = [a.path for a in mlflow.MlflowClient().list_artifacts(run.run_id, "evaluation")]
+    assert names == ["evaluation/metrics.json", "evaluation/summary.md"]
+
+
+def test_settings_mask_url_passwords() -> None:
+    from mtlgen.config import Params
+    from mtlgen.track.stage import settings_without_secrets
+
+    params = Params.model_validate(
+        {"registry": {"url": "postgresql+psycopg2://bob:s3cr@t@127.0.0.1:5432/mtlgen"}}
+    )
+    assert settings_without_secrets(params)["registry"]["url"] == (
+        "postgresql+psycopg2://bob:***@127.0.0.1:5432/mtlgen"
+    )

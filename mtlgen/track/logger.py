@@ -1,13 +1,16 @@
 """An MLflow-backed logger with the interface training accepts: params, metrics, artifacts.
 
-Every name and value passes a privacy check first: a run must never carry a source patient ID
-(only registry pseudonyms), so the logger refuses anything that contains one of ``forbidden``.
+Every name and text value passes a privacy check first: a run must never carry a source patient
+ID (only registry pseudonyms), so the logger refuses any name or string that contains one of
+``forbidden`` as a whole token (``001`` matches ``sub-001`` but not ``1001``; numbers are not
+checked, so ``lr=0.001`` passes).
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,19 @@ BATCH = 100
 
 class PrivacyError(ValueError):
     """Something about to be logged contains a source patient identifier."""
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """The text inside ``value`` (strings, paths, keys; recursively), not its numbers."""
+    if isinstance(value, str | Path):
+        yield str(value)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _strings(item)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -39,24 +55,30 @@ class MlflowLogger:
 
         self.run_id = run_id
         self.client = MlflowClient()
-        self.forbidden = frozenset(f for f in forbidden if f)
+        ids = sorted({f for f in forbidden if f}, key=len, reverse=True)
+        alternatives = "|".join(re.escape(i) for i in ids)
+        self._pattern = (
+            re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])") if ids else None
+        )
 
     def _check(self, *texts: str) -> None:
+        if self._pattern is None:
+            return
         for text in texts:
-            for ident in self.forbidden:
-                if ident in text:
-                    raise PrivacyError(
-                        f"refusing to log {text[:80]!r}: it contains a source patient ID; "
-                        "log registry pseudonyms only"
-                    )
+            if self._pattern.search(text):
+                raise PrivacyError(
+                    f"refusing to log a name or value of {len(text)} chars: it contains a source "
+                    "patient ID; log registry pseudonyms only"
+                )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log a (nested) dict as flattened ``section.key`` params."""
         from mlflow.entities import Param
 
-        items = [(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(params).items()]
-        for key, value in items:
-            self._check(key, value)
+        flat = flatten(params)
+        for key, value in flat.items():
+            self._check(key, *_strings(value))
+        items = [(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flat.items()]
         for i in range(0, len(items), BATCH):
             batch = [Param(k, v) for k, v in items[i : i + BATCH]]
             self.client.log_batch(self.run_id, params=batch)
@@ -92,7 +114,7 @@ class MlflowLogger:
 
     def log_dict(self, obj: Mapping[str, Any], name: str) -> None:
         """Write ``obj`` as a JSON (or YAML, by suffix) artifact ``name``."""
-        self._check(name, repr(obj))
+        self._check(name, *_strings(obj))
         self.client.log_dict(self.run_id, dict(obj), name)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
