@@ -216,5 +216,77 @@ def registry_rejections(ctx: typer.Context) -> None:
     typer.echo(format_table(list_rejections(config_from(ctx).registry)))
 
 
+@app.command()
+def split(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Split file [data.split_file].")] = None,
+) -> None:
+    """Assign the registry's patients to train/val/test (patient-level, fixed by seed).
+
+    Assignment is by a seeded hash of the pseudonym, so patients added later never move the
+    ones already assigned. The JSON file is meant to be tracked by DVC.
+    """
+    from mtlgen.data.splits import make_split, save_split
+    from mtlgen.registry.series import load_series
+
+    cfg = config_from(ctx)
+    patients = [s.patient for s in load_series(cfg.registry.url)]
+    if not patients:
+        typer.echo(f"error: registry {cfg.registry.url} has no patients (run register)", err=True)
+        raise typer.Exit(2)
+    result = make_split(patients, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    path = save_split(result, out or cfg.data.split_file)
+    typer.echo(
+        f"split: {len(result.train)} train, {len(result.val)} val, {len(result.test)} test "
+        f"-> {path}"
+    )
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="all (multi-task) or one of seg, future_seg, progression, image [train.task]."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder [train.out_dir].")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from OUT/last when its settings match.")
+    ] = True,
+) -> None:
+    """Train the spatio-temporal multi-task model (or a single-task baseline) on the split.
+
+    Reads the registry's series and the split file; writes best/ and last/ checkpoints
+    (safetensors + JSON), history.csv/json, affinity.json/png and train_result.json into OUT.
+    Interrupted runs resume from OUT/last. Under torchrun, processes average gradients.
+    """
+    from mtlgen.data.splits import load_split
+    from mtlgen.registry.series import load_series
+    from mtlgen.train.loop import train_model
+
+    if task is not None:
+        ctx.obj["overrides"].append(f"train.task={task}")
+    cfg = config_from(ctx)
+    try:
+        result = train_model(
+            cfg,
+            load_series(cfg.registry.url),
+            load_split(cfg.data.split_file),
+            out,
+            task=cfg.train.task,
+            resume=resume,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"trained {','.join(result.tasks)}: {result.epochs_run} epochs in "
+        f"{result.wall_time_s:.0f} s, best epoch {result.best_epoch} "
+        f"(val_loss {result.best_val.get('val_loss', float('nan')):.4f}) -> {result.checkpoint_dir}"
+    )
+
+
 if __name__ == "__main__":
     app()

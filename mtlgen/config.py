@@ -173,12 +173,86 @@ class EvaluateConfig(Section):
         return self
 
 
+TaskName = Literal["seg", "future_seg", "progression", "image"]
+TASK_NAMES: tuple[str, ...] = ("seg", "future_seg", "progression", "image")
+
+
+class DataConfig(Section):
+    """Longitudinal samples for learning: split, context length, channels, augmentation."""
+
+    split_file: Path = Path("data/splits.json")
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    contrasts: list[str] = Field(default_factory=lambda: ["T1w", "FLAIR"], min_length=1)
+    max_context: int = Field(3, ge=1, le=16)
+    reconstruction: bool = True
+    mask_dropout: float = Field(0.5, ge=0, le=1)
+    augment: bool = True
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    affine_prob: float = Field(0.3, ge=0, le=1)
+    rotate_deg: float = Field(5.0, ge=0, le=45)
+    scale_fraction: float = Field(0.05, ge=0, le=0.5)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+        if len(set(self.contrasts)) != len(self.contrasts):
+            raise ValueError(f"contrasts must be unique, got {self.contrasts}")
+        return self
+
+
+class ModelConfig(Section):
+    """Spatio-temporal multi-task network (mtlgen.models.mtl_net)."""
+
+    spatial_dims: Literal[2, 3] = 3
+    features: list[int] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=2, max_length=6)
+    time_dim: int = Field(32, ge=4, le=512)
+    heads: int = Field(2, ge=1, le=16)
+    sharing: Literal["hard", "soft", "mtan", "cross_task"] = "hard"
+    soft_penalty: Literal["l2", "l1"] = "l2"
+    soft_lambda: float = Field(1e-3, ge=0)
+
+
+class TrainConfig(Section):
+    """Optimisation, loss weighting, gradient surgery, task affinity, checkpoints."""
+
+    out_dir: Path = Path("data/models/mtl")
+    task: Literal["all", "seg", "future_seg", "progression", "image"] = "all"
+    epochs: int = Field(40, ge=1, le=10_000)
+    batch_size: int = Field(2, ge=1, le=256)
+    lr: float = Field(2e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    weighting: Literal["fixed", "uncertainty", "dwa"] = "fixed"
+    task_weights: dict[TaskName, float] = Field(
+        default_factory=lambda: {"seg": 1.0, "future_seg": 1.0, "progression": 1.0, "image": 1.0}
+    )
+    dwa_temperature: float = Field(2.0, gt=0)
+    pcgrad: bool = False
+    image_gradient_weight: float = Field(0.5, ge=0)
+    affinity_batches: int = Field(2, ge=0, le=1000)
+    patience: int = Field(10, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    threads: int = Field(0, ge=0, le=256)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _weights(self) -> TrainConfig:
+        if any(w < 0 for w in self.task_weights.values()):
+            raise ValueError(f"task_weights must be >= 0, got {self.task_weights}")
+        return self
+
+
 class Params(Section):
     """Root of params.yaml."""
 
     seed: int = Field(0, ge=0)
     synth: SynthConfig = SynthConfig()
     progression: ProgressionConfig = ProgressionConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     preprocess: PreprocessConfig = PreprocessConfig()

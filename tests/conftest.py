@@ -173,3 +173,33 @@ def manifest_rows():
         return out
 
     return rows
+
+
+TINY_BOX = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_series(tmp_path_factory, aligned_series) -> list[PatientSeries]:
+    """``aligned_series`` cropped to a 16^3 cube around each patient's baseline lesion."""
+    root = tmp_path_factory.mktemp("tiny")
+    out = []
+    for series in aligned_series:
+        base = nib.load(series.visits[0].label)
+        lesion = np.argwhere(np.asarray(base.dataobj) > 0)
+        centre = lesion.mean(0).round().astype(int)
+        start = np.clip(centre - TINY_BOX // 2, 0, np.array(base.shape) - TINY_BOX)
+        crop = tuple(slice(s, s + TINY_BOX) for s in start)
+        affine = base.affine.copy()
+        affine[:3, 3] = base.affine[:3, :3] @ start + base.affine[:3, 3]
+        visits = []
+        for v in series.visits:
+            dest = root / series.patient / v.visit
+            images = {
+                c: save_nifti(dest / f"{c}.nii.gz", np.asarray(nib.load(p).dataobj)[crop], affine)
+                for c, p in v.images.items()
+            }
+            label = np.asarray(nib.load(v.label).dataobj, dtype=np.uint8)[crop]
+            label_path = save_nifti(dest / "label.nii.gz", label, affine, dtype=np.uint8)
+            visits.append(VisitVolumes(v.visit, v.days, images, label_path))
+        out.append(PatientSeries(series.patient, tuple(visits)))
+    return out

@@ -1,1 +1,3 @@
 """Imports every module that registers an architecture (``checkpoint.register_architecture``)."""
+
+import mtlgen.models.mtl_net  # noqa: F401

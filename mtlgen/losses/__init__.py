@@ -1,0 +1,1 @@
+"""Task losses, loss weighting, gradient surgery and task-affinity measurement."""

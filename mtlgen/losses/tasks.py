@@ -1,0 +1,59 @@
+"""Per-task losses of the multi-task network's outputs against a batch.
+
+- ``seg`` / ``future_seg``: Dice + cross-entropy (foreground Dice, batch-wise) on masks.
+- ``progression``: Huber loss on log(1 + volume) (core and whole lesion) + status cross-entropy.
+- ``image``: L1 over the contrasts the target has, plus an image-gradient L1 term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+_DICE_CE = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice + CE of logits [N, 3, *S] against integer labels [N, *S]."""
+    return _DICE_CE(logits.float(), target[:, None])
+
+
+def image_gradient_l1(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Mean L1 between finite differences along every spatial axis (weight: [B, C, 1...])."""
+    total = pred.new_zeros(())
+    for axis in range(2, pred.dim()):
+        dp, dt = pred.diff(dim=axis), target.diff(dim=axis)
+        total = total + ((dp - dt).abs() * weight).mean()
+    return total / (pred.dim() - 2)
+
+
+def task_losses(
+    out: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    tasks: Sequence[str],
+    image_gradient_weight: float = 0.5,
+) -> dict[str, torch.Tensor]:
+    """Unweighted loss of every task in ``tasks`` (scalars)."""
+    losses: dict[str, torch.Tensor] = {}
+    if "seg" in tasks:
+        keep = batch["visit_valid"] & batch["mask_present"]
+        losses["seg"] = mask_loss(out["seg_logits"][keep], batch["masks"][keep])
+    if "future_seg" in tasks:
+        losses["future_seg"] = mask_loss(out["future_logits"], batch["target_mask"])
+    if "progression" in tasks:
+        volume = F.huber_loss(out["log_volume"].float(), batch["target_volume"].log1p(), delta=0.5)
+        status = F.cross_entropy(out["status_logits"].float(), batch["status"])
+        losses["progression"] = volume + 0.5 * status
+    if "image" in tasks:
+        pred, target = out["image"].float(), batch["target_image"]
+        weight = batch["target_present"].reshape(*target.shape[:2], *([1] * (target.dim() - 2)))
+        scale = weight.mean().clamp_min(1e-6)
+        l1 = ((pred - target).abs() * weight).mean() / scale
+        grad = image_gradient_l1(pred, target, weight) / scale
+        losses["image"] = l1 + image_gradient_weight * grad
+    return losses

@@ -1,0 +1,141 @@
+"""Building blocks of the spatio-temporal network: encoder, decoder, time embedding, fusion."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch import nn
+
+
+class Encoder(nn.Module):
+    """MONAI residual units, each halving the resolution (level 0 is at 1/2 of the input)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, features: Sequence[int]) -> None:
+        super().__init__()
+        chans = [in_channels, *features]
+        self.levels = nn.ModuleList(
+            ResidualUnit(
+                spatial_dims,
+                chans[i],
+                chans[i + 1],
+                strides=2,
+                subunits=2,
+                norm="instance",
+                act="leakyrelu",
+            )
+            for i in range(len(features))
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features of every level, finest first, bottleneck last."""
+        feats = []
+        for level in self.levels:
+            x = level(x)
+            feats.append(x)
+        return feats
+
+
+class Decoder(nn.Module):
+    """UNet decoder: upsample, concatenate the skip, residual unit; then back to the input
+    resolution, where ``extra`` full-resolution channels join before a small output head."""
+
+    def __init__(
+        self, spatial_dims: int, features: Sequence[int], out_channels: int, extra_channels: int = 0
+    ) -> None:
+        super().__init__()
+        f = list(features)
+        self.stages = nn.ModuleList(
+            ResidualUnit(spatial_dims, f[i + 1] + f[i], f[i], subunits=1, norm="instance")
+            for i in reversed(range(len(f) - 1))
+        )
+        self.extra_channels = extra_channels
+        self.head = nn.Sequential(
+            Convolution(spatial_dims, f[0] + extra_channels, f[0], norm="instance"),
+            Convolution(spatial_dims, f[0], out_channels, kernel_size=1, conv_only=True),
+        )
+
+    def forward(
+        self,
+        bottleneck: torch.Tensor,
+        skips: Sequence[torch.Tensor],
+        extra: torch.Tensor | None,
+        size: Sequence[int],
+    ) -> torch.Tensor:
+        x = bottleneck
+        for stage, skip in zip(self.stages, reversed(skips), strict=True):
+            x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
+            x = stage(torch.cat([x, skip], dim=1))
+        mode = "trilinear" if x.dim() == 5 else "bilinear"
+        x = F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+        if self.extra_channels:
+            x = torch.cat([x, extra], dim=1)
+        return self.head(x)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal embedding of a time in years (periods ~1 week to ~30 years), then an MLP."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(
+            torch.linspace(math.log(2 * math.pi / 30), math.log(2 * math.pi * 52), half)
+        )
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * half + 1, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim)
+        )
+
+    def forward(self, years: torch.Tensor) -> torch.Tensor:
+        angles = years[..., None] * self.freqs
+        return self.mlp(torch.cat([angles.sin(), angles.cos(), years[..., None]], dim=-1))
+
+
+def broadcast(vec: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[N, C] -> [N, C, 1, ...] matching ``like``'s spatial rank."""
+    return vec.reshape(*vec.shape, *([1] * (like.dim() - 2)))
+
+
+class TemporalFusion(nn.Module):
+    """Attention over context visits at every bottleneck voxel, asked at the target time.
+
+    Keys/values: each visit's features plus an embedding of its time relative to the target;
+    query: the reference visit's features plus an embedding of the reference->target gap.
+    Padded visits are masked out. The result is FiLM-modulated by the gap embedding, so any
+    target date can be asked for.
+    """
+
+    def __init__(self, channels: int, time_dim: int, heads: int) -> None:
+        super().__init__()
+        self.visit_time = TimeEmbedding(time_dim, channels)
+        self.gap_time = TimeEmbedding(time_dim, channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.film = nn.Linear(channels, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(
+        self, z: torch.Tensor, years: torch.Tensor, valid: torch.Tensor, ref: torch.Tensor
+    ) -> torch.Tensor:
+        """``z`` [B, K, C, *S], ``years`` [B, K], ``valid`` [B, K], ``ref`` [B] -> [B, C, *S]."""
+        b, k, c = z.shape[:3]
+        spatial = z.shape[3:]
+        rows = torch.arange(b, device=z.device)
+        gap = -years[rows, ref]
+        z_ref = z[rows, ref]
+        keys = z + broadcast(self.visit_time(years).reshape(b * k, c), z.flatten(0, 1)).reshape(
+            b, k, c, *([1] * len(spatial))
+        )
+        query = z_ref + broadcast(self.gap_time(gap), z_ref)
+        n = math.prod(spatial)
+        kv = keys.flatten(3).permute(0, 3, 1, 2).reshape(b * n, k, c)
+        q = query.flatten(2).permute(0, 2, 1).reshape(b * n, 1, c)
+        pad = (~valid).repeat_interleave(n, dim=0)
+        out, _ = self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)
+        fused = z_ref + out.reshape(b, n, c).permute(0, 2, 1).reshape(b, c, *spatial)
+        gamma, beta = self.film(self.gap_time(gap)).chunk(2, dim=-1)
+        return fused * (1 + broadcast(gamma, fused)) + broadcast(beta, fused)

@@ -1,0 +1,1 @@
+"""Training of the multi-task and single-task models (``train_model``)."""
