@@ -21,10 +21,10 @@ from mtlgen.registry.register import register_source
 from mtlgen.registry.series import load_series
 
 
-def _count_files(cohort):
-    return len(list(cohort.glob("sub-*/ses-*/anat/*.nii.gz"))) + len(
-        list(cohort.glob("derivatives/labels/sub-*/ses-*/anat/*_dseg.nii.gz"))
-    )
+def _count_files(cohort, participant="*"):
+    images = cohort.glob(f"sub-{participant}/ses-*/anat/*.nii.gz")
+    labels = cohort.glob(f"derivatives/labels/sub-{participant}/ses-*/anat/*_dseg.nii.gz")
+    return len(list(images)) + len(list(labels))
 
 
 def _row_counts(params) -> dict[str, int]:
@@ -187,7 +187,8 @@ def test_registry_commands_list_patients_timeline_and_rejections(registered, tmp
 def test_concurrent_registrations_lose_and_duplicate_nothing(
     tmp_path, motion_cohort, register_params, manifest_rows
 ):
-    """Two `mtlgen register` processes on overlapping manifests (patient 002 in both)."""
+    """Two `mtlgen register` processes at once on overlapping manifests (both start with
+    patient 002, so they race to create it and to record its scans)."""
     params = register_params(tmp_path)
     settings = tmp_path / "params.yaml"
     settings.write_text(
@@ -195,8 +196,8 @@ def test_concurrent_registrations_lose_and_duplicate_nothing(
         f"preprocess:\n  out_dir: {params.preprocess.out_dir}\n"
     )
     manifests = []
-    for name, patients in (("a", {"001", "002"}), ("b", {"002", "003"})):
-        rows = manifest_rows(motion_cohort, patients)
+    for name, patients in (("a", ["002", "001"]), ("b", ["002"])):
+        rows = [r for pid in patients for r in manifest_rows(motion_cohort, {pid})]
         manifests.append(tmp_path / f"{name}.csv")
         with manifests[-1].open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -216,9 +217,9 @@ def test_concurrent_registrations_lose_and_duplicate_nothing(
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     counts = _row_counts(params)
-    expected = _count_files(motion_cohort)
+    expected = sum(_count_files(motion_cohort, pid) for pid in ("001", "002"))
     assert counts["scans"] + counts["labels"] == counts["results"] == expected
-    assert counts["patients"] == 3 and counts["rejections"] == 0
+    assert counts["patients"] == 2 and counts["rejections"] == 0
     with session_scope(params.registry.url) as s:
         dupes = s.execute(
             select(Scan.visit_id, Scan.modality, func.count())

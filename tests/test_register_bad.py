@@ -86,16 +86,16 @@ def _make_bad_files(src_image, src_label, folder):
 def bad_batch(tmp_path_factory, motion_cohort, register_params, manifest_rows):
     root = tmp_path_factory.mktemp("bad")
     params = register_params(root)
-    good = manifest_rows(motion_cohort, {"001", "002"})
-    early = manifest_rows(motion_cohort, {"003"})
-    seed_csv = root / "seed.csv"  # patient 003 registered before the batch arrives
+    good = manifest_rows(motion_cohort, {"001"})
+    early = [r for r in manifest_rows(motion_cohort, {"003"}) if r["visit"] == "01"]
+    seed_csv = root / "seed.csv"  # patient 003's baseline registered before the batch arrives
     _write_csv(seed_csv, early)
     register_source(seed_csv, params, progress=False)
 
     img = motion_cohort / "sub-001/ses-01/anat/sub-001_ses-01_T1w.nii.gz"
     lab = motion_cohort / "derivatives/labels/sub-001/ses-01/anat/sub-001_ses-01_dseg.nii.gz"
     f = _make_bad_files(img, lab, root)
-    date_002 = next(r["date"] for r in good if r["patient"] == "002" and r["visit"] == "02")
+    date_02 = next(r["date"] for r in good if r["visit"] == "02")
 
     def row(patient, visit, date, path, label="", modality="T1w"):
         rec = {"patient": patient, "visit": visit, "date": date, "modality": modality}
@@ -122,9 +122,9 @@ def bad_batch(tmp_path_factory, motion_cohort, register_params, manifest_rows):
         for i, n in enumerate(["label_shape", "label_affine", "label_values"], start=1)
     ]
     bad += [
-        row("002", "99", date_002, f["duplicate_visit"]),
-        row("002", "77", "", f["missing_date"]),
-        row("002", "78", "2019-13-45", f["bad_date"]),
+        row("001", "99", date_02, f["duplicate_visit"]),
+        row("001", "77", "", f["missing_date"]),
+        row("001", "78", "2019-13-45", f["bad_date"]),
         row("003", "00", "2000-01-01", f["before_baseline"]),
         row("a/b", "01", "2020-01-01", f["patient_slash"]),
         row("..", "01", "2020-01-01", f["patient_dotdot"]),
