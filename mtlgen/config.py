@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mtlgen.ids import check_token
 
@@ -244,6 +251,47 @@ class TrainConfig(Section):
         return self
 
 
+FlowName = Literal["register", "train", "predict", "pipeline"]
+
+
+class FlowsConfig(Section):
+    """Prefect orchestration (flows/): concurrency, retries, retraining and follow-up rules,
+    schedules."""
+
+    source: Path = Path("data/raw/demo")
+    task_runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(2, ge=1, le=256)
+    dask_address: str | None = Field(None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$")
+    retries: int = Field(3, ge=0, le=20)
+    retry_delay_s: float = Field(2.0, ge=0, le=3600)
+    retrain_min_new_visits: int = Field(8, ge=1, le=1_000_000)
+    predict_window_days: float = Field(30.0, ge=0, le=3650)
+    follow_up_days: float = Field(120.0, gt=0, le=3650)
+    predict_out_dir: Path = Path("data/predictions")
+    timezone: str = "UTC"
+    schedules: dict[FlowName, str] = Field(
+        default_factory=lambda: {"register": "0 2 * * *", "pipeline": "0 3 * * 0"}
+    )
+
+    @field_validator("schedules")
+    @classmethod
+    def _crons(cls, schedules: dict[str, str]) -> dict[str, str]:
+        from mtlgen.cron import check_cron
+
+        return {name: check_cron(expr) for name, expr in schedules.items()}
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, timezone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        return timezone
+
+
 class Params(Section):
     """Root of params.yaml."""
 
@@ -257,6 +305,7 @@ class Params(Section):
     registry: RegistryConfig = RegistryConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     tracking: TrackingConfig = TrackingConfig()
+    flows: FlowsConfig = FlowsConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -15,7 +15,13 @@ from mtlgen.data.splits import Split
 from mtlgen.evaluate.baselines import make_baseline
 from mtlgen.evaluate.predictor import Prediction
 from mtlgen.evaluate.report import write_report
-from mtlgen.evaluate.run import METRICS, evaluate_predictors, primary_scores, write_metrics
+from mtlgen.evaluate.run import (
+    METRICS,
+    evaluate_predictors,
+    primary_scores,
+    seed_groups,
+    write_metrics,
+)
 from mtlgen.progression import progression_status
 
 PROGRESSION = ProgressionConfig()
@@ -90,7 +96,8 @@ def evaluation(aligned_series, tmp_path_factory):
 def test_metrics_json_has_stable_keys(evaluation):
     _, out, chosen, cfg = evaluation
     on_disk = json.loads((out / "metrics.json").read_text())
-    assert set(on_disk) == {"meta", "results"}
+    assert set(on_disk) == {"meta", "results", "seed_groups"}
+    assert on_disk["seed_groups"] == {}  # no predictor named <group>_seed<N>
     assert set(on_disk["results"]) == {"copy_last", "linear", "exponential", "oracle"}
     for block in on_disk["results"].values():
         assert set(block) == {"future", "reconstruction"}
@@ -202,3 +209,19 @@ def test_bad_input_fails_clearly(aligned_series):
         evaluate_predictors(
             aligned_series, split, [WrongShape()], cfg, PROGRESSION, MAX_CONTEXT, progress=False
         )
+
+
+def test_seed_groups_summarise_over_seeds():
+    def block(value):
+        return {"future": {m: {"mean": value, "std": 0.5, "n": 4} for m in METRICS}}
+
+    results = {
+        "mtl_seed0": block(1.0),
+        "mtl_seed1": block(3.0),
+        "mtl_seed2": block(None),  # a metric undefined for one seed leaves that seed out
+        "image_seed0": block(5.0),  # a single seed is no group
+        "copy_last": block(9.0),
+    }
+    groups = seed_groups(results)
+    assert set(groups) == {"mtl"}
+    assert groups["mtl"]["future"]["dice_lesion"] == {"mean": 2.0, "std": 1.0, "n": 2}

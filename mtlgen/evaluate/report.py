@@ -66,6 +66,25 @@ def summary_markdown(metrics: dict) -> str:
             ]
             arrow = "↑" if direction == "max" else "↓"
             lines.append(f"| {metric} {arrow} | " + " | ".join(cells) + " |")
+    groups = metrics.get("seed_groups", {})
+    for kind in KINDS:
+        present = [g for g in groups if kind in groups[g]]
+        if not present:
+            continue
+        lines += [
+            "",
+            f"## {kind}, across training seeds (mean ± std over seeds of the case means)",
+            "",
+            "| metric | "
+            + " | ".join(f"{g} (×{groups[g][kind]['dice_lesion']['n']})" for g in present)
+            + " |",
+            "|---" * (len(present) + 1) + "|",
+        ]
+        for metric, direction in METRICS.items():
+            cells = [_cell(groups[g][kind][metric]) for g in present]
+            lines.append(
+                f"| {metric} {'↑' if direction == 'max' else '↓'} | " + " | ".join(cells) + " |"
+            )
     models = [n for n in names if n not in BASELINES]
     baselines = [n for n in names if n in BASELINES]
     if models and baselines:

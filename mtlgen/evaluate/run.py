@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,7 @@ def evaluate_predictors(
         },
         "results": aggregate(rows, names),
     }
+    metrics["seed_groups"] = seed_groups(metrics["results"])
     return Evaluation(metrics, rows, montage)
 
 
@@ -322,6 +324,38 @@ def aggregate(rows: Sequence[dict], names: Sequence[str]) -> dict:
                 block[metric] = {"mean": value if defined else None, "std": None, "n": len(scored)}
             results.setdefault(name, {})[kind] = {m: block[m] for m in METRICS}
     return results
+
+
+_SEEDED = re.compile(r"^(?P<group>.+)_seed(?P<seed>\d+)$")
+
+
+def seed_groups(results: dict) -> dict:
+    """Predictors named ``<group>_seed<N>`` (the same model trained with N different seeds),
+    summarised over seeds: ``{group: {kind: {metric: {mean, std, n}}}}`` where ``mean`` and
+    ``std`` are over the seeds' case means and ``n`` counts seeds. Groups need >= 2 seeds."""
+    members: dict[str, list[str]] = {}
+    for name in results:
+        match = _SEEDED.match(name)
+        if match:
+            members.setdefault(match["group"], []).append(name)
+    groups: dict = {}
+    for group, names in sorted(members.items()):
+        if len(names) < 2:
+            continue
+        for kind in KINDS:
+            blocks = [results[n][kind] for n in names if kind in results[n]]
+            if not blocks:
+                continue
+            groups.setdefault(group, {})[kind] = {
+                metric: _summary(
+                    [
+                        float("nan") if b[metric]["mean"] is None else b[metric]["mean"]
+                        for b in blocks
+                    ]
+                )
+                for metric in METRICS
+            }
+    return groups
 
 
 def primary_scores(metrics: dict, predictor: str, cfg: EvaluateConfig) -> dict[str, float | None]:
