@@ -1,0 +1,1 @@
+"""Prefect flows: thin wrappers over mtlgen library functions (docs/orchestration.md)."""

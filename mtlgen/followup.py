@@ -1,0 +1,65 @@
+"""When a patient's next visit is due, and which patients need a follow-up prediction now.
+
+The expected interval is the median of the patient's observed intervals between visits (a
+single-visit patient gets ``default_interval_days``); the next visit is due that long after the
+last one. A patient is *due* when that date lies within ``window_days`` of ``as_of``, either side
+(a visit a little overdue still gets its prediction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from itertools import pairwise
+from statistics import median
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A follow-up to predict: ``target_days`` is the due date in days since the baseline."""
+
+    patient: str
+    last_visit: date
+    due: date
+    target_days: float
+
+
+def next_visit_due(visit_dates: Sequence[date], default_interval_days: float) -> date:
+    """Last visit + median observed interval (``default_interval_days`` with one visit)."""
+    if not visit_dates:
+        raise ValueError("next_visit_due needs at least one visit date")
+    if default_interval_days <= 0:
+        raise ValueError(f"default_interval_days must be > 0, got {default_interval_days}")
+    dates = sorted(visit_dates)
+    gaps = [(b - a).days for a, b in pairwise(dates) if b > a]
+    interval = median(gaps) if gaps else default_interval_days
+    return dates[-1] + timedelta(days=round(interval))
+
+
+def due_follow_ups(
+    patients: Mapping[str, Sequence[date]],
+    as_of: date,
+    window_days: float,
+    default_interval_days: float,
+) -> list[FollowUp]:
+    """Patients (pseudonym -> visit dates) whose next visit is due within ``window_days`` of
+    ``as_of``, sorted by due date then patient."""
+    if window_days < 0:
+        raise ValueError(f"window_days must be >= 0, got {window_days}")
+    due = []
+    for patient, dates in patients.items():
+        when = next_visit_due(dates, default_interval_days)
+        if abs((when - as_of).days) <= window_days:
+            due.append(FollowUp(patient, max(dates), when, float((when - min(dates)).days)))
+    return sorted(due, key=lambda f: (f.due, f.patient))
+
+
+def follow_up_at(patient: str, visit_dates: Sequence[date], target: date) -> FollowUp:
+    """A follow-up for ``patient`` at an explicit ``target`` date (after its last visit)."""
+    if not visit_dates:
+        raise ValueError(f"patient {patient}: no visits")
+    last = max(visit_dates)
+    if target <= last:
+        raise ValueError(f"patient {patient}: target {target} is not after the last visit {last}")
+    return FollowUp(patient, last, target, float((target - min(visit_dates)).days))

@@ -1,0 +1,165 @@
+"""Prefect flows on a real (temporary) Prefect server and a real SQLite registry.
+
+One temporary Prefect API per test session (``prefect_test_harness``); each test registers a
+copy of a 3-patient, 4 mm cohort into its own registry.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtlgen.config import load_config
+from mtlgen.registry.series import load_series
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A temporary Prefect server with its own database for this test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def write_params(root: Path, source: Path, **flows) -> Path:
+    """A params.yaml whose registry, key and outputs live under ``root`` (small, fast grid)."""
+    tree = {
+        "registry": {
+            "url": f"sqlite:///{root / 'registry.sqlite'}",
+            "key_file": str(root / "pseudonym.key"),
+        },
+        "preprocess": {
+            "out_dir": str(root / "processed"),
+            "spacing_mm": 4.0,
+            "shape": [40, 48, 40],
+            "align_iterations": 20,
+        },
+        "flows": {"source": str(source), "retry_delay_s": 0.5, **flows},
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    load_config(path)  # the file must be valid before a flow reads it
+    return path
+
+
+@pytest.fixture
+def cohort(tmp_path, motion_cohort) -> Path:
+    """A private copy of the 3-patient cohort that a test may damage."""
+    return Path(shutil.copytree(motion_cohort, tmp_path / "bids"))
+
+
+def task_runs(flow_run_id) -> dict[str, object]:
+    """Task run name -> task run of one flow run, read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name: r for r in runs}
+
+
+def artifact_rows(key: str) -> list[dict]:
+    """The rows of the latest table artifact ``key``."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def test_corrupt_patient_fails_alone(prefect_api, tmp_path, cohort):
+    from flows.register import register_scan_series
+
+    bad = sorted((cohort / "sub-002").rglob("*_T1w.nii.gz"))[1]
+    bad.write_bytes(b"this is not an image")
+    params = write_params(tmp_path, cohort)
+
+    state = register_scan_series(params_file=str(params), return_state=True)
+
+    assert state.is_failed() and not state.is_crashed()
+    assert state.message.startswith("some patients failed: 3 patients:")
+    assert "1 patient(s) failed" in state.message
+    assert "not a NIfTI or DICOM file" in state.message
+    assert "sub-002" not in state.message and str(cohort) not in state.message
+    outcomes = state.result(raise_on_failure=False)
+    by_status = {o.status: o for o in outcomes}
+    assert [o.status for o in outcomes].count("registered") == 2
+    failed = by_status["rejected"]
+    runs = task_runs(state.state_details.flow_run_id)
+    assert len(runs) == 3
+    failed_run = runs[f"register-{failed.patient}"]
+    assert failed_run.state.is_failed() and failed_run.run_count == 1  # a rejection: no retry
+    assert "not a NIfTI or DICOM file" in failed_run.state.message
+    assert all(r.state.is_completed() for n, r in runs.items() if n != failed_run.name)
+    # the others are registered; the corrupt patient keeps its valid visits
+    series = {p.patient: p for p in load_series(f"sqlite:///{tmp_path / 'registry.sqlite'}")}
+    assert len(series) == 3
+    assert failed.registered > 0 and failed.rejected[0][1] == "T1w"
+    rows = {r["patient"]: r for r in artifact_rows("registration-summary")}
+    assert rows[failed.patient]["status"] == "rejected"
+    assert "not a NIfTI" in rows[failed.patient]["reason"]
+    assert sorted(r["status"] for r in rows.values()) == ["registered", "registered", "rejected"]
+
+
+class RestoreOnRetry(logging.Handler):
+    """Puts the real file back when Prefect announces the first retry (a transient fault)."""
+
+    def __init__(self, link: Path, real: Path) -> None:
+        super().__init__()
+        self.link, self.real, self.retries = link, real, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Retry 1/" in record.getMessage():
+            self.retries.append(record.getMessage())
+            self.link.unlink()
+            self.real.rename(self.link)
+
+
+def test_transient_io_error_is_retried(prefect_api, tmp_path, cohort):
+    from flows.register import register_scan_series
+
+    # a real I/O fault: the file is briefly a symlink loop (ELOOP) until the first retry
+    target = sorted((cohort / "sub-001").rglob("*_FLAIR.nii.gz"))[0]
+    aside = target.with_name("aside.bin")
+    target.rename(aside)
+    os.symlink(target.name, target)
+    with pytest.raises(OSError) as loop:
+        target.open("rb")
+    assert loop.value.errno == errno.ELOOP
+    handler = RestoreOnRetry(target, aside)
+    logger = logging.getLogger("prefect.task_runs")
+    logger.addHandler(handler)
+    try:
+        params = write_params(tmp_path, cohort, retries=2)
+        state = register_scan_series(params_file=str(params), return_state=True)
+    finally:
+        logger.removeHandler(handler)
+
+    assert state.is_completed(), state.message
+    assert len(handler.retries) == 1 and "OSError" in handler.retries[0]
+    assert str(cohort) not in handler.retries[0]  # the retried error is redacted
+    runs = task_runs(state.state_details.flow_run_id)
+    assert sorted(r.run_count for r in runs.values()) == [1, 1, 2]
+    outcomes = state.result()
+    assert all(o.status == "registered" and not o.rejected for o in outcomes)
+
+    # a second run of the same source registers nothing new
+    again = register_scan_series(params_file=str(params), return_state=True)
+    assert again.is_completed()
+    assert [o.status for o in again.result()] == ["unchanged"] * 3
+    assert sum(o.unchanged for o in again.result()) == sum(o.registered for o in outcomes)
