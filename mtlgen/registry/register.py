@@ -49,6 +49,7 @@ from mtlgen.registry.pseudonym import load_key, pseudonymise
 
 log = logging.getLogger(__name__)
 LABEL = "label"
+_MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,10 @@ class _LostRace(Exception):
 class _Registration:
     """The state of registering one patient (one instance per call)."""
 
-    def __init__(self, src: PatientSource, params: Params, pseudonym: str) -> None:
-        self.src, self.params, self.pseudonym = src, params, pseudonym
+    def __init__(
+        self, src: PatientSource, params: Params, pseudonym: str, attempt: int = 1
+    ) -> None:
+        self.src, self.params, self.pseudonym, self.attempt = src, params, pseudonym, attempt
         self.result = PatientResult(pseudonym)
         self.shas: dict[tuple[str, str], str] = {}
         self.volumes: dict[tuple[str, str], Volume] = {}
@@ -212,12 +215,15 @@ class _Registration:
         if patient is None and candidates:
             try:
                 patient = self._create_patient(candidates)
-            except _LostRace:  # another process registered this patient meanwhile: start over
-                return _Registration(self.src, self.params, self.pseudonym).run()
+            except _LostRace:  # another process registered this patient meanwhile
+                return self._again()
         pending = self._dated(patient, candidates) if patient else []
         if patient is not None:
             self._process(patient, pending)
-        _write(self.params, patient, self.result, pending, self.shas)
+        try:
+            _write(self.params, patient, self.result, pending, self.shas)
+        except IntegrityError:  # a concurrent registration wrote the same rows first
+            return self._again()
         log.info(
             "patient %s: %d registered, %d unchanged, %d rejected",
             self.pseudonym,
@@ -226,6 +232,13 @@ class _Registration:
             len(self.result.rejected),
         )
         return self.result
+
+    def _again(self) -> PatientResult:
+        """Start over against the registry as another process left it (bounded)."""
+        if self.attempt >= _MAX_ATTEMPTS:
+            raise RuntimeError(f"patient {self.pseudonym}: gave up after {self.attempt} races")
+        log.info("patient %s: concurrent registration detected, starting over", self.pseudonym)
+        return _Registration(self.src, self.params, self.pseudonym, self.attempt + 1).run()
 
     @staticmethod
     def _known(patient: Patient | None) -> dict[str, set[tuple[str, str]]]:
