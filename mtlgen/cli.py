@@ -288,5 +288,57 @@ def train(
     )
 
 
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    checkpoint: Annotated[
+        list[str],
+        typer.Option(
+            help="Add a model to compare: NAME=FOLDER (repeatable) [evaluate.checkpoints]."
+        ),
+    ] = [],  # noqa: B006  (typer needs a literal default)
+    out: Annotated[Path | None, typer.Option(help="Output folder [evaluate.out_dir].")] = None,
+) -> None:
+    """Compare models and baselines on the test patients of the split, side by side.
+
+    Baselines (copy-last, linear and exponential volume extrapolation) always run with the
+    configured checkpoints. For every future and reconstruction case: Dice and HD95 of the
+    predicted masks, volume error, status accuracy / macro-F1, image MAE / PSNR / SSIM over the
+    brain and over the region that truly changes. Writes metrics.json, cases.tsv, summary.md,
+    summary.png and montage.png (see docs/evaluation.md). Tracked in MLflow (tracking.uri):
+    every mean as <predictor>.<kind>.<metric>, the files as artifacts.
+    """
+    for item in checkpoint:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            typer.echo(f"error: --checkpoint {item!r}: expected NAME=FOLDER", err=True)
+            raise typer.Exit(2)
+        ctx.obj["overrides"].append(f"evaluate.checkpoints.{name}={folder}")
+    cfg = config_from(ctx)
+    from mtlgen.evaluate.pipeline import check_inputs, evaluate_from_params
+    from mtlgen.track.run import TrackingUnavailable
+    from mtlgen.track.stage import log_evaluation, stage_run
+
+    try:
+        check_inputs(cfg)  # before a tracked run is opened
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    inputs = [
+        cfg.preprocess.out_dir,
+        cfg.data.split_file,
+        *map(str, cfg.evaluate.checkpoints.values()),
+    ]
+    try:
+        with stage_run(cfg, "evaluate", inputs, cfg.data.split_file) as run:
+            result = evaluate_from_params(cfg, out)
+            log_evaluation(run, Path(out or cfg.evaluate.out_dir))
+    except (FileNotFoundError, ValueError, TrackingUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for path in result.paths:
+        typer.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     app()
