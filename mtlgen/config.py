@@ -156,6 +156,7 @@ class EvaluateConfig(Section):
         default_factory=lambda: ["copy_last", "linear", "exponential"]
     )
     checkpoints: dict[str, Path] = Field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     brain_fraction: float = Field(0.1, gt=0, lt=1)
     brain_sigma_vox: float = Field(1.0, ge=0, le=10)
     changing_dilation_vox: int = Field(1, ge=0, le=10)

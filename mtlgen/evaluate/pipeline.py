@@ -50,16 +50,23 @@ def check_inputs(params: Params) -> None:
         )
 
 
-def load_predictors(checkpoints: Mapping[str, Path]) -> list[Predictor]:
-    """Load each configured checkpoint (name -> folder) under its configured name."""
+def load_predictors(checkpoints: Mapping[str, Path], device: str = "auto") -> list[Predictor]:
+    """Load each configured checkpoint (name -> folder) under its configured name, on ``device``
+    (``auto``: CUDA when present)."""
     if not checkpoints:
         return []
+    import torch
+
     from mtlgen.models.predictor import load_predictor
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("evaluate.device: cuda requested but no CUDA device is available")
     loaded = []
     for name, directory in checkpoints.items():
-        log.info("loading checkpoint %s from %s", name, directory)
-        loaded.append(NamedPredictor(name, load_predictor(directory)))
+        log.info("loading checkpoint %s from %s on %s", name, directory, device)
+        loaded.append(NamedPredictor(name, load_predictor(directory, device=device)))
     return loaded
 
 
@@ -85,7 +92,7 @@ def evaluate_from_params(
     out_dir = Path(out_dir or cfg.out_dir)
     prog = params.progression
     predictors = [make_baseline(b, prog.increase, prog.decrease) for b in cfg.baselines]
-    predictors += load_predictors(cfg.checkpoints)
+    predictors += load_predictors(cfg.checkpoints, cfg.device)
     split = load_split(params.data.split_file)
     series = load_series(params.registry.url, params.registry.sqlite_timeout_s)
     log.info(
