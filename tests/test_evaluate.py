@@ -225,3 +225,26 @@ def test_seed_groups_summarise_over_seeds():
     groups = seed_groups(results)
     assert set(groups) == {"mtl"}
     assert groups["mtl"]["future"]["dice_lesion"] == {"mean": 2.0, "std": 1.0, "n": 2}
+
+
+def test_a_model_checkpoint_is_evaluated_under_its_configured_name(aligned_series, tmp_path):
+    import torch
+
+    from mtlgen.evaluate.pipeline import load_predictors
+    from mtlgen.models.checkpoint import save_checkpoint
+    from mtlgen.models.mtl_net import MultiTaskNet
+
+    torch.manual_seed(0)
+    kwargs = {"max_context": MAX_CONTEXT, "features": [4, 8, 16], "time_dim": 8, "heads": 2}
+    save_checkpoint(
+        tmp_path / "ckpt", MultiTaskNet(**kwargs), kwargs, {"contrasts": ["T1w", "FLAIR"]}
+    )
+    (model,) = load_predictors({"mtl": tmp_path / "ckpt"}, device="cpu")
+    split = Split(0, (), (), (aligned_series[0].patient,))
+    result = evaluate_predictors(
+        aligned_series, split, [model], EvaluateConfig(), PROGRESSION, MAX_CONTEXT, False, False
+    )
+    future = result.metrics["results"]["mtl"]["future"]  # untrained: defined, not good
+    assert 0.0 <= future["dice_lesion"]["mean"] <= 1.0
+    assert future["image_mae_brain"]["n"] == result.metrics["meta"]["cases"]["future"] > 0
+    assert future["volume_abs_error_ml"]["mean"] >= 0.0
