@@ -76,6 +76,15 @@ class WrongShape:
         return Prediction(last.images, last.label[:-1], 1.0, "stable")
 
 
+class NaNImage:
+    name = "nan_image"
+
+    def predict(self, context, target_days):
+        last = context[-1]
+        images = {c: np.full_like(img, np.nan) for c, img in last.images.items()}
+        return Prediction(images, last.label, 1.0, "stable")
+
+
 @pytest.fixture(scope="module")
 def evaluation(aligned_series, tmp_path_factory):
     test = tuple(s.patient for s in aligned_series[2:])
@@ -208,6 +217,10 @@ def test_bad_input_fails_clearly(aligned_series):
     with pytest.raises(ValueError, match=r"wrong_shape.*label shape"):
         evaluate_predictors(
             aligned_series, split, [WrongShape()], cfg, PROGRESSION, MAX_CONTEXT, progress=False
+        )
+    with pytest.raises(ValueError, match=r"nan_image.*non-finite"):
+        evaluate_predictors(
+            aligned_series, split, [NaNImage()], cfg, PROGRESSION, MAX_CONTEXT, progress=False
         )
 
 

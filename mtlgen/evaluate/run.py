@@ -79,9 +79,9 @@ class CaseTruth:
     target: VisitArrays
     reference: VisitArrays
     brain: np.ndarray
-    change: np.ndarray | None  # None without labels
-    volume_ml: float | None
-    status: Status | None
+    change: np.ndarray | None  # None without target and reference labels
+    volume_ml: float | None  # None without a target label
+    status: Status | None  # None without target and reference labels
     data_range: dict[str, float]  # contrast -> range of the true image inside the brain
     ssim_window: int
 
@@ -109,9 +109,10 @@ def case_truth(
         inside = image[brain]
         data_range[contrast] = float(inside.max() - inside.min()) if inside.size else 0.0
     change = volume = status = None
-    if target.label is not None and reference.label is not None:
-        change = changing_region(reference.label, target.label, cfg.changing_dilation_vox) & brain
+    if target.label is not None:
         volume = label_volume_ml(target.label, target.affine)
+    if volume is not None and reference.label is not None:
+        change = changing_region(reference.label, target.label, cfg.changing_dilation_vox) & brain
         ref_ml = label_volume_ml(reference.label, reference.affine)
         status = progression_status(ref_ml, volume, progression.increase, progression.decrease)
     return CaseTruth(
@@ -137,6 +138,8 @@ def _check_prediction(pred: Prediction, truth: CaseTruth, who: str) -> None:
     for contrast, image in pred.images.items():
         if image.shape != shape:
             raise ValueError(f"{where}: {contrast} image shape {image.shape}, expected {shape}")
+        if not np.isfinite(image).all():
+            raise ValueError(f"{where}: {contrast} image has non-finite values")
     if not math.isfinite(pred.core_volume_ml) or pred.core_volume_ml < 0:
         raise ValueError(f"{where}: core volume {pred.core_volume_ml}, expected finite >= 0 mL")
 
