@@ -13,6 +13,7 @@ transaction, made race-free by unique constraints (and ``BEGIN IMMEDIATE`` on SQ
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +200,6 @@ class _Registration:
         self.src, self.params, self.pseudonym, self.attempt = src, params, pseudonym, attempt
         self.result = PatientResult(pseudonym)
         self.shas: dict[tuple[str, str], str] = {}
-        self.volumes: dict[tuple[str, str], Volume] = {}
 
     def reject(self, visit: VisitSource | None, scan: ScanSource, reason: str, sha: str = ""):
         visit_id = visit.visit_id if visit else None
@@ -211,7 +211,7 @@ class _Registration:
         with session_scope(reg.url, reg.sqlite_timeout_s) as session:
             patient = _load_patient(session, self.pseudonym)
         known = self._known(patient)
-        candidates = self._check_visits(patient, known)
+        candidates = self._check_visits(known)
         if patient is None and candidates:
             try:
                 patient = self._create_patient(candidates)
@@ -250,7 +250,7 @@ class _Registration:
             known[visit.key] = set(rows)
         return known
 
-    def _check_visits(self, patient, known) -> list[tuple[VisitSource, list[_Pending]]]:
+    def _check_visits(self, known) -> list[tuple[VisitSource, list[_Pending]]]:
         """Visit- and file-level checks; returns visits with their new, valid files."""
         spacing = self.params.registry.spacing_range_mm
         out = []
@@ -354,12 +354,13 @@ class _Registration:
         duplicates of a registered date, and a changed date of a registered visit."""
         registered = {v.key: v for v in patient.visits}
         by_date = {(v.date or v.days): v.key for v in patient.visits}
-        baseline_days = registered[patient.baseline_visit].days if patient.visits else None
+        baseline = registered.get(patient.baseline_visit)
+        baseline_days = baseline.days if baseline else None
         pending = []
         for visit, files in candidates:
             try:
                 if visit.visit_id == patient.baseline_visit:
-                    days = registered[visit.visit_id].days if registered else (visit.days or 0.0)
+                    days = baseline.days if baseline else (visit.days or 0.0)
                 else:
                     days = _days(visit, patient.baseline_date, baseline_days)
                 old = registered.get(visit.visit_id)
@@ -379,6 +380,8 @@ class _Registration:
 
     def _process(self, patient: Patient, pending: list[_Pending]) -> None:
         """Align each visit with new files to the baseline and write them on the model grid."""
+        if not pending:
+            return
         pre = self.params.preprocess
         grid = Grid.from_json(patient.grid)
         fixed = self._baseline_reference(patient, pending, grid)
@@ -430,7 +433,7 @@ class _Registration:
             if scan.status == CURRENT and scan.result is not None:
                 reference = scan.result.reference
                 if reference not in images:
-                    transform = np.asarray(_json(scan.result.to_baseline))
+                    transform = np.asarray(json.loads(scan.result.to_baseline))
                     return transform, scan.result.mi, reference
         return None, None, None
 
@@ -448,12 +451,6 @@ class _Registration:
         raise RuntimeError(f"patient {patient.pseudonym}: baseline reference is not registered")
 
 
-def _json(text: str):
-    import json
-
-    return json.loads(text)
-
-
 # ----------------------------------------------------------------------------------- writing
 def _write(
     params: Params,
@@ -463,8 +460,6 @@ def _write(
     shas: dict[tuple[str, str], str],
 ) -> None:
     """One transaction: new visits, scan/label versions, results and rejections."""
-    import json
-
     reg = params.registry
     with session_scope(reg.url, reg.sqlite_timeout_s) as session:
         for p in pending:
