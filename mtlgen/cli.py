@@ -340,5 +340,59 @@ def evaluate(
         typer.echo(f"wrote {path}")
 
 
+@app.command()
+def schedule(
+    ctx: typer.Context,
+    pool: Annotated[
+        str, typer.Option(help="Prefect work pool (a process pool, created if missing).")
+    ] = "mtlgen",
+) -> None:
+    """Create the scheduled deployments of flows.schedules on the Prefect server.
+
+    Each flows.schedules entry (register, train, predict, pipeline -> cron, in flows.timezone)
+    becomes a deployment for the work pool POOL, with this settings file and the -S overrides
+    as its parameters. Needs PREFECT_API_URL (a `prefect server start`); run it from the
+    project folder (with flows/), then start a worker: `prefect worker start --pool POOL`.
+    """
+    from mtlgen.deployments import apply_deployments
+    from mtlgen.schedule import deployment_specs
+
+    cfg = config_from(ctx)
+    try:
+        specs = deployment_specs(cfg, ctx.obj["params"], ctx.obj["overrides"])
+        ids = apply_deployments(specs, pool)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for spec, (name, deployment_id) in zip(specs, ids.items(), strict=True):
+        typer.echo(f"{name}: cron '{spec.cron}' ({spec.timezone}) -> pool {pool} [{deployment_id}]")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    limit: Annotated[int | None, typer.Option(help="At most this many flow runs at once.")] = None,
+) -> None:
+    """Serve the scheduled flows of flows.schedules from this one process (small sites).
+
+    No work pool or worker needed: this process creates the deployments, runs them on their
+    cron schedules and runs deployments triggered from the Prefect UI/API, until Ctrl-C.
+    Without PREFECT_API_URL it talks to a local Prefect server (`prefect server start`); run
+    it from the project folder (with flows/).
+    """
+    from mtlgen.deployments import serve_deployments
+    from mtlgen.schedule import deployment_specs
+
+    cfg = config_from(ctx)
+    try:
+        specs = deployment_specs(cfg, ctx.obj["params"], ctx.obj["overrides"])
+        for spec in specs:
+            typer.echo(f"serving {spec.name}: cron '{spec.cron}' ({spec.timezone})")
+        serve_deployments(specs, limit=limit)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 if __name__ == "__main__":
     app()

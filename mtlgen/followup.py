@@ -63,3 +63,22 @@ def follow_up_at(patient: str, visit_dates: Sequence[date], target: date) -> Fol
     if target <= last:
         raise ValueError(f"patient {patient}: target {target} is not after the last visit {last}")
     return FollowUp(patient, last, target, float((target - min(visit_dates)).days))
+
+
+def visit_dates(url: str, sqlite_timeout_s: float = 120.0) -> dict[str, list[date]]:
+    """Registry patients (pseudonym) -> their visits' calendar dates (baseline date + days);
+    patients registered by days only (no calendar dates) are left out."""
+    from sqlalchemy import select
+
+    from mtlgen.registry.db import session_scope
+    from mtlgen.registry.models import Patient, Visit
+
+    with session_scope(url, sqlite_timeout_s) as session:
+        rows = session.execute(
+            select(Patient.pseudonym, Patient.baseline_date, Visit.days).join(Visit)
+        ).all()
+    dates: dict[str, list[date]] = {}
+    for pseudonym, baseline, days in rows:
+        if baseline is not None:
+            dates.setdefault(pseudonym, []).append(baseline + timedelta(days=round(days)))
+    return {p: sorted(d) for p, d in dates.items()}

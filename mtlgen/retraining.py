@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtlgen.config import TrackingConfig
 from mtlgen.data.series import PatientSeries
 from mtlgen.io.atomic import write_text_atomic
 
@@ -64,3 +65,41 @@ def retrain_decision(
     if new >= threshold:
         return RetrainDecision(True, new, threshold, f"{new} new visits >= {threshold}")
     return RetrainDecision(False, new, threshold, f"{new} new visits < {threshold}")
+
+
+VISITS_ARTIFACT = "train_visits.json"
+
+
+def record_training_visits(tracking: TrackingConfig, run_id: str, keys: set[VisitKey]) -> None:
+    """Attach the visits a model was trained on to its training run (``train_visits.json``)."""
+    import mlflow
+
+    from mtlgen.track.run import connect
+
+    connect(tracking)
+    mlflow.MlflowClient().log_text(run_id, json.dumps(sorted(keys)) + "\n", VISITS_ARTIFACT)
+
+
+def champion_training_visits(tracking: TrackingConfig) -> set[VisitKey] | None:
+    """The visits the current champion was trained on; None if there is no champion, an empty set
+    if its training run recorded none (then every registered visit counts as new)."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mtlgen.track.registry import CHAMPION
+    from mtlgen.track.run import connect
+
+    connect(tracking)
+    client = mlflow.MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(tracking.model_name, CHAMPION)
+    except MlflowException:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mtlgen-visits-") as tmp:
+        try:
+            path = client.download_artifacts(champion.run_id, VISITS_ARTIFACT, tmp)
+        except (MlflowException, OSError):
+            return set()
+        return load_visit_keys(path)

@@ -163,3 +163,80 @@ def test_transient_io_error_is_retried(prefect_api, tmp_path, cohort):
     assert again.is_completed()
     assert [o.status for o in again.result()] == ["unchanged"] * 3
     assert sum(o.unchanged for o in again.result()) == sum(o.registered for o in outcomes)
+
+
+def pipeline_params(root: Path, source: Path) -> Path:
+    """Settings for a tiny but real pipeline: 1-epoch training of a small network, MLflow in a
+    SQLite file under ``root``, predictions for every follow-up due within 10 years."""
+    path = write_params(root, source, predict_out_dir=str(root / "predictions"))
+    tree = yaml.safe_load(path.read_text())
+    tree["flows"]["predict_window_days"] = 3650
+    tree |= {
+        "data": {
+            "split_file": str(root / "split.json"),
+            "val_fraction": 0.3,
+            "test_fraction": 0.3,
+            "augment": False,
+        },
+        "model": {"features": [4, 8]},
+        "train": {
+            "out_dir": str(root / "model"),
+            "epochs": 1,
+            "affinity_batches": 0,
+            "progress": False,
+            "device": "cpu",
+        },
+        "tracking": {
+            "uri": f"sqlite:///{root / 'mlflow.db'}",
+            "artifact_root": str(root / "mlruns"),
+        },
+        "evaluate": {"out_dir": str(root / "evaluation"), "device": "cpu"},
+    }
+    path.write_text(yaml.safe_dump(tree))
+    load_config(path)
+    return path
+
+
+def markdown_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    return artifact.data
+
+
+@pytest.mark.slow  # about 110 s on 2 shared cores: one real (tiny) training, evaluation, promotion
+def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, motion_cohort):
+    import time
+    from datetime import date
+
+    import mlflow
+
+    from flows.pipeline import longitudinal_pipeline
+
+    params = pipeline_params(tmp_path, motion_cohort)
+    first = longitudinal_pipeline(params_file=str(params), as_of=date(2021, 1, 1))
+    assert first["retrain"] and first["retrain_reason"] == "no champion yet"
+    assert first["new_visits"] == sum(1 for _ in motion_cohort.glob("sub-*/ses-*"))
+    assert first["trained"]["promoted"] and first["trained"]["version"] == "1"
+    assert Path(first["trained"]["metrics"]).is_file()
+    assert first["predicted"] == 3
+    predictions = sorted((tmp_path / "predictions").glob("*_*/*/prediction.json"))
+    assert len(predictions) == 3
+    assert "data:image/png;base64," in markdown_artifact("follow-up-predictions")
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs_before = len(client.search_runs(client.search_experiments()[0].experiment_id.split()))
+    start = time.perf_counter()
+    second = longitudinal_pipeline(params_file=str(params), as_of=date(2021, 1, 1))
+    print(f"second pipeline run: {time.perf_counter() - start:.1f} s")
+    assert not second["retrain"] and second["trained"] is None
+    assert (second["new_visits"], second["retrain_reason"]) == (0, "0 new visits < 8")
+    assert second["registration"].startswith("3 patients: 0 files registered")
+    assert len(client.search_model_versions("name='mtlgen-mtl'")) == 1
+    runs_after = len(client.search_runs(client.search_experiments()[0].experiment_id.split()))
+    assert runs_after == runs_before  # no train, evaluate or promote run
+    assert "retraining**: no (0 new visits < 8)" in markdown_artifact("pipeline-summary")

@@ -1,0 +1,102 @@
+"""``longitudinal_pipeline``: register new scans -> retrain if enough new visits arrived since
+the champion was trained -> evaluate -> promote -> predict due follow-ups.
+
+A run with nothing new registers nothing, trains nothing and only predicts. If some patients
+failed registration the pipeline still goes on with the others and ends Failed, naming them.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
+
+from flows.predict import predict_follow_ups
+from flows.register import register_scan_series
+from flows.runtime import load_params
+from flows.train import train_evaluate_promote
+from mtlgen.register_report import PatientOutcome, summary_line
+from mtlgen.retraining import (
+    RetrainDecision,
+    champion_training_visits,
+    retrain_decision,
+    visit_keys,
+)
+
+ARTIFACT_KEY = "pipeline-summary"
+
+
+@task(name="retrain-decision")
+def retrain_task(params_file: str, overrides: list[str]) -> tuple[RetrainDecision, bool]:
+    """Compare the registry's visits with those the champion was trained on; also say whether
+    there is a champion at all."""
+    from mtlgen.registry.series import load_series
+
+    params = load_params(params_file, overrides)
+    current = visit_keys(load_series(params.registry.url, params.registry.sqlite_timeout_s))
+    trained = champion_training_visits(params.tracking)
+    return retrain_decision(
+        current, trained, params.flows.retrain_min_new_visits
+    ), trained is not None
+
+
+@flow(name="longitudinal-pipeline")
+def longitudinal_pipeline(
+    source: str | None = None,
+    as_of: date | None = None,
+    params_file: str = "params.yaml",
+    overrides: list[str] | None = None,
+) -> dict:
+    """Register ``source`` (default ``flows.source``), retrain when due, predict follow-ups due
+    around ``as_of`` (default today). Settings: ``params_file`` + ``overrides``."""
+    logger = get_run_logger()
+    overrides = list(overrides or [])
+    registration = register_scan_series(source, params_file, overrides, return_state=True)
+    outcomes = registration.result(raise_on_failure=False)
+    if not isinstance(outcomes, list):  # the flow itself broke (e.g. an unreadable source)
+        raise RuntimeError(f"registration failed: {registration.message}")
+    decision, has_champion = retrain_task(params_file, overrides)
+    logger.info("retrain: %s (%s)", decision.retrain, decision.reason)
+    trained = train_evaluate_promote(params_file, overrides) if decision.retrain else None
+    predictions = []
+    if has_champion or (trained is not None and trained["promoted"]):
+        predictions = predict_follow_ups(as_of=as_of, params_file=params_file, overrides=overrides)
+    else:
+        logger.info("no champion model yet: nothing to predict with")
+    summary = {
+        "registration": summary_line(outcomes),
+        "retrain": decision.retrain,
+        "retrain_reason": decision.reason,
+        "new_visits": decision.new_visits,
+        "trained": trained,
+        "predicted": len(predictions),
+    }
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=_markdown(summary), description="pipeline")
+    failed = [
+        o for o in outcomes if isinstance(o, PatientOutcome) and o.status in ("rejected", "error")
+    ]
+    if failed:
+        return Failed(
+            message=f"some patients failed registration: {summary['registration']}", data=summary
+        )
+    return summary
+
+
+def _markdown(summary: dict) -> str:
+    trained = summary["trained"]
+    lines = [
+        "# Longitudinal pipeline",
+        "",
+        f"- **registration**: {summary['registration']}",
+        f"- **retraining**: {'yes' if summary['retrain'] else 'no'} ({summary['retrain_reason']})",
+    ]
+    if trained:
+        verdict = "promoted to champion" if trained["promoted"] else "not promoted"
+        lines.append(
+            f"- **candidate** {trained['model_name']} v{trained['version']}: {verdict} "
+            f"({trained['reason']}); metrics: `{trained['metrics']}`"
+        )
+    lines.append(f"- **follow-up predictions**: {summary['predicted']}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,120 @@
+"""Predict follow-ups with the champion: future image, mask and lesion volume per patient.
+
+By default for every patient whose next visit is due within ``flows.predict_window_days`` of
+``as_of`` (today); or for the given ``patients`` (pseudonyms) at ``target_date`` (or their due
+date). Each prediction is written to ``<flows.predict_out_dir>/<due-date>_<patient>/`` by
+``mtlgen.predict``; a markdown artifact ``follow-up-predictions`` shows a thumbnail per patient.
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from datetime import date
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.runtime import load_params
+from mtlgen.config import Params
+from mtlgen.data.series import PatientSeries
+from mtlgen.followup import FollowUp, due_follow_ups, follow_up_at, next_visit_due, visit_dates
+from mtlgen.ids import check_token
+
+ARTIFACT_KEY = "follow-up-predictions"
+
+
+def select_follow_ups(
+    params: Params, patients: list[str] | None, target_date: date | None, as_of: date
+) -> list[FollowUp]:
+    """The follow-ups to predict: the named patients, or those due around ``as_of``."""
+    cfg = params.flows
+    dates = visit_dates(params.registry.url, params.registry.sqlite_timeout_s)
+    if not patients:
+        return due_follow_ups(dates, as_of, cfg.predict_window_days, cfg.follow_up_days)
+    unknown = [p for p in patients if check_token(p, "patient") not in dates]
+    if unknown:
+        raise LookupError(f"patients {unknown} are not in the registry (with visit dates)")
+    return [
+        follow_up_at(p, dates[p], target_date or next_visit_due(dates[p], cfg.follow_up_days))
+        for p in patients
+    ]
+
+
+@task(name="predict-follow-up")
+def predict_task(
+    predictor, series: PatientSeries, follow_up: FollowUp, out_root: str, model: dict
+) -> dict:
+    """Predict one patient's follow-up; return its summary row and a PNG thumbnail (base64)."""
+    from mtlgen.predict import predict_followups
+    from mtlgen.thumbnail import thumbnail_png
+
+    out_dir = Path(out_root) / f"{follow_up.due.isoformat()}_{follow_up.patient}"
+    days_ahead = follow_up.target_days - series.visits[-1].days
+    (row,) = predict_followups(predictor, [series], days_ahead, out_dir, model, progress=False)
+    folder = out_dir / series.patient
+    image = next(p for p in sorted(folder.glob("*.nii.gz")) if p.name != "label.nii.gz")
+    png = thumbnail_png(image, folder / "label.nii.gz")
+    return {
+        **row,
+        "due": follow_up.due.isoformat(),
+        "folder": str(folder),
+        "thumbnail": base64.b64encode(png).decode(),
+    }
+
+
+def _markdown(rows: list[dict], model: dict) -> str:
+    lines = [f"# Follow-up predictions ({model['model_name']} v{model['version']})", ""]
+    lines += [
+        "| patient | due | day | core volume (ml) | status | prediction |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['patient']} | {r['due']} | {r['target_days']:.0f} | {r['core_volume_ml']:.2f} | "
+            f"{r['status']} | ![{r['patient']}](data:image/png;base64,{r['thumbnail']}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="predict-follow-ups")
+def predict_follow_ups(
+    patients: list[str] | None = None,
+    target_date: date | None = None,
+    as_of: date | None = None,
+    params_file: str = "params.yaml",
+    overrides: list[str] | None = None,
+) -> list[dict]:
+    """Predict follow-ups with the champion (see module doc); returns one row per patient."""
+    from mtlgen.models.predictor import load_predictor
+    from mtlgen.registry.series import load_series
+    from mtlgen.track.registry import CHAMPION, download_checkpoint
+
+    logger = get_run_logger()
+    params = load_params(params_file, overrides)
+    as_of = as_of or date.today()
+    follow_ups = select_follow_ups(params, patients, target_date, as_of)
+    logger.info("%d follow-up(s) to predict (as of %s)", len(follow_ups), as_of)
+    if not follow_ups:
+        return []
+    series = {
+        s.patient: s for s in load_series(params.registry.url, params.registry.sqlite_timeout_s)
+    }
+    with tempfile.TemporaryDirectory(prefix="mtlgen-champion-") as tmp:
+        folder, version = download_checkpoint(params.tracking, tmp, CHAMPION)
+        model = {"model_name": params.tracking.model_name, "version": version}
+        predictor = load_predictor(folder)
+        futures = [
+            predict_task.with_options(task_run_name=f"predict-{f.patient}").submit(
+                predictor, series[f.patient], f, str(params.flows.predict_out_dir), model
+            )
+            for f in follow_ups
+        ]
+        rows = [f.result() for f in futures]
+    create_markdown_artifact(
+        key=ARTIFACT_KEY,
+        markdown=_markdown(rows, model),
+        description=f"{len(rows)} follow-up predictions",
+    )
+    return [{k: v for k, v in r.items() if k != "thumbnail"} for r in rows]

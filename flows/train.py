@@ -1,0 +1,143 @@
+"""Train, evaluate and promote the multi-task model, as tasks that pass paths and ids only.
+
+split (patient-level, stable as patients are added) -> train (tracked in MLflow, registered as
+``candidate``; the visits it saw are attached to its run) -> evaluate the candidate beside the
+current champion and the baselines on the same test split -> promote by the versioning rule.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.runtime import load_params
+from mtlgen.retraining import record_training_visits, visit_keys
+
+
+@task(name="split")
+def split_task(params_file: str, overrides: list[str]) -> str:
+    """Assign the registry's patients to train/val/test; return the split file."""
+    from mtlgen.data.splits import make_split, save_split
+    from mtlgen.registry.series import load_series
+
+    params = load_params(params_file, overrides)
+    patients = [
+        s.patient for s in load_series(params.registry.url, params.registry.sqlite_timeout_s)
+    ]
+    if not patients:
+        raise ValueError(f"registry {params.registry.url} has no patients: register scans first")
+    data = params.data
+    split = make_split(patients, data.val_fraction, data.test_fraction, params.seed)
+    return str(save_split(split, data.split_file))
+
+
+@task(name="train")
+def train_task(params_file: str, overrides: list[str]) -> dict[str, str]:
+    """Train and register a candidate; return its checkpoint folder, version and MLflow run."""
+    from mtlgen.registry.series import load_series
+    from mtlgen.track.stage import registered_version, train_and_register
+
+    params = load_params(params_file, overrides)
+    keys = visit_keys(load_series(params.registry.url, params.registry.sqlite_timeout_s))
+    result, _ = train_and_register(params)
+    record = registered_version(result.checkpoint_dir)
+    if record is None:
+        raise RuntimeError(f"{result.checkpoint_dir}: training registered no model version")
+    record_training_visits(params.tracking, record["run_id"], keys)
+    return {"checkpoint": str(result.checkpoint_dir), **record}
+
+
+@task(name="evaluate")
+def evaluate_task(params_file: str, overrides: list[str], candidate: str) -> dict[str, str]:
+    """Evaluate the candidate, the current champion (if any) and the baselines on the split's
+    test patients; return the metrics file and the champion version it was compared with."""
+    from mtlgen.evaluate.pipeline import evaluate_from_params
+    from mtlgen.track.registry import CHAMPION, download_checkpoint
+    from mtlgen.track.stage import log_evaluation, stage_run
+
+    params = load_params(params_file, overrides)
+    with tempfile.TemporaryDirectory(prefix="mtlgen-champion-") as tmp:
+        extra = [f"evaluate.checkpoints={{candidate: {candidate}}}"]
+        champion = ""
+        try:
+            folder, champion = download_checkpoint(params.tracking, tmp, CHAMPION)
+            extra = [f"evaluate.checkpoints={{candidate: {candidate}, champion: {folder}}}"]
+        except LookupError:
+            pass  # no champion yet
+        params = load_params(params_file, [*overrides, *extra])
+        out_dir = params.evaluate.out_dir
+        with stage_run(
+            params,
+            "evaluate",
+            [params.preprocess.out_dir, params.data.split_file],
+            params.data.split_file,
+        ) as run:
+            evaluate_from_params(params, out_dir, progress=False)
+            log_evaluation(run, Path(out_dir))
+    return {"metrics": str(Path(out_dir) / "metrics.json"), "champion": champion}
+
+
+@task(name="promote")
+def promote_task(
+    params_file: str, overrides: list[str], metrics: str, candidate_version: str, champion: str
+) -> dict:
+    """Apply the promotion rule to the candidate (after recording the champion's numbers on the
+    same split, so both sides are compared on equal terms)."""
+    from mtlgen.evaluate.run import primary_scores
+    from mtlgen.track.promotion import promote
+
+    params = load_params(params_file, overrides)
+    evaluation = json.loads(Path(metrics).read_text())
+    split_sha = evaluation["meta"]["split_sha256"]
+    primary = {m.metric: m.direction for m in params.evaluate.primary_metrics}
+    if champion and champion != candidate_version:
+        scores = primary_scores(evaluation, "champion", params.evaluate)
+        promote(params.tracking, scores, primary, split_sha, champion, source=metrics)
+    scores = primary_scores(evaluation, "candidate", params.evaluate)
+    decision = promote(
+        params.tracking, scores, primary, split_sha, candidate_version, source=metrics
+    )
+    return decision.to_dict()
+
+
+@flow(name="train-evaluate-promote")
+def train_evaluate_promote(
+    params_file: str = "params.yaml", overrides: list[str] | None = None
+) -> dict:
+    """Split, train a candidate, evaluate it against the champion and promote it if no worse."""
+    logger = get_run_logger()
+    overrides = list(overrides or [])
+    split_file = split_task(params_file, overrides)
+    trained = train_task(params_file, overrides, wait_for=[split_file])
+    evaluated = evaluate_task(params_file, overrides, trained["checkpoint"])
+    decision = promote_task(
+        params_file, overrides, evaluated["metrics"], trained["version"], evaluated["champion"]
+    )
+    verdict = "promoted to champion" if decision["promoted"] else "not promoted"
+    rows = "\n".join(
+        f"| {c['metric']} | {c['direction']} | {c['candidate']:.4f} | "
+        f"{'-' if c['champion'] is None else format(c['champion'], '.4f')} | "
+        f"{'ok' if c['ok'] else 'worse'} |"
+        for c in decision["comparisons"]
+    )
+    create_markdown_artifact(
+        key="promotion",
+        markdown=(
+            f"# {decision['model_name']} v{decision['candidate_version']}: {verdict}\n\n"
+            f"{decision['reason']}\n\n| metric | direction | candidate | champion | |\n"
+            f"|---|---|---|---|---|\n{rows}\n"
+        ),
+        description=f"promotion of v{decision['candidate_version']}",
+    )
+    logger.info("candidate v%s %s (%s)", decision["candidate_version"], verdict, decision["reason"])
+    return {
+        "split": split_file,
+        **trained,
+        "metrics": evaluated["metrics"],
+        "promoted": decision["promoted"],
+        "reason": decision["reason"],
+    }
