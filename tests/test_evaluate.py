@@ -41,6 +41,7 @@ class Oracle:
     """Test predictor that answers with the true target visit (found by its days)."""
 
     name = "oracle"
+    segments = False  # it reads the context labels
 
     def __init__(self, series):
         self.series = series
@@ -108,15 +109,16 @@ def test_metrics_json_has_stable_keys(evaluation):
     assert set(on_disk) == {"meta", "results", "seed_groups"}
     assert on_disk["seed_groups"] == {}  # no predictor named <group>_seed<N>
     assert set(on_disk["results"]) == {"copy_last", "linear", "exponential", "oracle"}
-    for block in on_disk["results"].values():
+    for block in on_disk["results"].values():  # none of these segments: no "current" cases
         assert set(block) == {"future", "reconstruction"}
         for kind in block.values():
             assert set(kind) == set(METRICS)
             assert all(set(entry) == {"mean", "std", "n"} for entry in kind.values())
-    expected = {"future": 0, "reconstruction": 0}
+    expected = {"future": 0, "reconstruction": 0, "current": 0}
     for series in chosen:
         for spec in enumerate_samples(series, MAX_CONTEXT):
             expected[spec.kind] += 1
+        expected["current"] += sum(v.label is not None for v in series.visits)
     assert on_disk["meta"]["cases"] == expected
     assert on_disk["meta"]["test_patients"] == [s.patient for s in chosen]
     assert primary_scores(on_disk, "copy_last", cfg) == {
@@ -261,3 +263,7 @@ def test_a_model_checkpoint_is_evaluated_under_its_configured_name(aligned_serie
     assert 0.0 <= future["dice_lesion"]["mean"] <= 1.0
     assert future["image_mae_brain"]["n"] == result.metrics["meta"]["cases"]["future"] > 0
     assert future["volume_abs_error_ml"]["mean"] >= 0.0
+    current = result.metrics["results"]["mtl"]["current"]  # segmenting unlabelled visits
+    assert current["dice_lesion"]["n"] == len(aligned_series[0].visits)
+    assert 0.0 <= current["dice_lesion"]["mean"] <= 1.0
+    assert current["image_mae_brain"]["n"] == 0  # the image is given, not predicted

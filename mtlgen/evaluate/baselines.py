@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -55,6 +55,7 @@ class CopyLast:
     """The last observed visit is the prediction: images, label, volume; status ``stable``."""
 
     name: str = "copy_last"
+    segments: ClassVar[bool] = False  # needs the labels it copies: no ``current`` cases
 
     def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
         ref = reference_visit(context, target_days)
@@ -94,6 +95,7 @@ class VolumeExtrapolation:
     increase: float
     decrease: float
     fallbacks: int = 0
+    segments: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

@@ -16,14 +16,14 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from mtlgen.config import EvaluateConfig, ProgressionConfig
-from mtlgen.data.samples import SampleKind, enumerate_samples
+from mtlgen.data.samples import enumerate_samples
 from mtlgen.data.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.data.splits import Split
 from mtlgen.evaluate.baselines import reference_visit
@@ -48,7 +48,9 @@ from mtlgen.progression import Status, progression_status
 
 log = logging.getLogger(__name__)
 
-KINDS: tuple[SampleKind, ...] = ("future", "reconstruction")
+# future / reconstruction: ``enumerate_samples``; current: segment an observed visit whose
+# label (and the labels of its context) the predictor does not see
+KINDS: tuple[str, ...] = ("future", "reconstruction", "current")
 # every metric in metrics.json and whether larger ("max") or smaller ("min") is better
 METRICS: dict[str, str] = {
     "dice_lesion": "max",
@@ -74,7 +76,7 @@ class CaseTruth:
     """What a case's truth says, independent of any predictor."""
 
     patient: str
-    kind: SampleKind
+    kind: str
     context: tuple[VisitArrays, ...]
     target: VisitArrays
     reference: VisitArrays
@@ -93,7 +95,7 @@ class CaseTruth:
 
 def case_truth(
     patient: str,
-    kind: SampleKind,
+    kind: str,
     context: Sequence[VisitArrays],
     target: VisitArrays,
     cfg: EvaluateConfig,
@@ -148,7 +150,8 @@ def case_metrics(pred: Prediction, truth: CaseTruth) -> dict[str, float]:
     """Every per-case metric of ``METRICS`` (status is scored over cases, not here).
 
     Image metrics average over the contrasts present in both prediction and truth; metrics whose
-    truth is missing (no label, empty changing region) are NaN.
+    truth is missing (no label, empty changing region) are NaN. ``current`` cases score the
+    segmentation only (mask and volume): their image is given, not predicted.
     """
     out = dict.fromkeys(_CASE_METRICS, float("nan"))
     target = truth.target
@@ -165,7 +168,7 @@ def case_metrics(pred: Prediction, truth: CaseTruth) -> dict[str, float]:
         )
     per_contrast: dict[str, list[float]] = {}
     for contrast, true_image in target.images.items():
-        if contrast not in pred.images:
+        if contrast not in pred.images or truth.kind == "current":
             continue
         image, rng = pred.images[contrast], truth.data_range[contrast]
         local_ssim = ssim_map(image, true_image, rng, truth.ssim_window)
@@ -204,6 +207,22 @@ class Evaluation:
     montage: tuple[CaseTruth, dict[str, Prediction]] | None
 
 
+def case_specs(
+    patient: PatientSeries, max_context: int, reconstruction: bool
+) -> list[tuple[str, tuple[int, ...], int]]:
+    """(kind, context indices, target index) of every case of one patient: the samples of
+    ``enumerate_samples``, then one ``current`` case per labelled visit (context: that visit
+    and the visits before it, up to ``max_context``)."""
+    specs = [
+        (s.kind, s.context, s.target)
+        for s in enumerate_samples(patient, max_context, reconstruction)
+    ]
+    for j, visit in enumerate(patient.visits):
+        if visit.label is not None:
+            specs.append(("current", tuple(range(max(0, j + 1 - max_context), j + 1)), j))
+    return specs
+
+
 def _cases(
     series: Sequence[PatientSeries],
     max_context: int,
@@ -212,16 +231,15 @@ def _cases(
     progression: ProgressionConfig,
 ):
     for patient in series:
-        specs = enumerate_samples(patient, max_context, reconstruction)
         loaded: dict[int, VisitArrays] = {}
-        for spec in specs:
-            for i in (*spec.context, spec.target):
+        for kind, context_idx, target in case_specs(patient, max_context, reconstruction):
+            for i in (*context_idx, target):
                 if i not in loaded:
                     loaded[i] = load_visit(patient.visits[i])
-            context = [loaded[i] for i in spec.context]
-            yield case_truth(
-                patient.patient, spec.kind, context, loaded[spec.target], cfg, progression
-            )
+            context = [loaded[i] for i in context_idx]
+            if kind == "current":  # labels hidden: the predictor has to segment
+                context = [replace(v, label=None) for v in context]
+            yield case_truth(patient.patient, kind, context, loaded[target], cfg, progression)
 
 
 def select_test_series(series: Sequence[PatientSeries], split: Split) -> list[PatientSeries]:
@@ -260,14 +278,18 @@ def evaluate_predictors(
     if unknown:
         raise ValueError(f"evaluate.primary_metrics: unknown {unknown}; expected {list(METRICS)}")
     chosen = select_test_series(series, split)
-    n_cases = sum(len(enumerate_samples(s, max_context, reconstruction)) for s in chosen)
+    n_cases = sum(len(case_specs(s, max_context, reconstruction)) for s in chosen)
+    counts = dict.fromkeys(KINDS, 0)
     rows: list[dict] = []
     montage, montage_size = None, -1
     bar = tqdm(total=n_cases, desc="evaluating cases", unit="case", disable=not progress)
     with bar:
         for truth in _cases(chosen, max_context, reconstruction, cfg, progression):
+            counts[truth.kind] += 1
             predictions = {}
             for predictor in predictors:
+                if truth.kind == "current" and not getattr(predictor, "segments", True):
+                    continue
                 pred = predictor.predict(truth.context, truth.target.days)
                 _check_prediction(pred, truth, predictor.name)
                 predictions[predictor.name] = pred
@@ -294,7 +316,7 @@ def evaluate_predictors(
             "test_patients": [s.patient for s in chosen],
             "split_seed": split.seed,
             "split_sha256": split.sha256(),
-            "cases": {k: sum(1 for r in rows if r["kind"] == k) // len(names) for k in KINDS},
+            "cases": counts,
             "predictors": names,
             "max_context": max_context,
             "reconstruction": reconstruction,
