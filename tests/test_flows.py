@@ -240,3 +240,33 @@ def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, motion_cohort
     runs_after = len(client.search_runs(client.search_experiments()[0].experiment_id.split()))
     assert runs_after == runs_before  # no train, evaluate or promote run
     assert "retraining**: no (0 new visits < 8)" in markdown_artifact("pipeline-summary")
+
+
+@pytest.mark.slow  # a Dask LocalCluster of 2 worker processes: about 30 s
+def test_register_on_an_existing_dask_cluster(prefect_api, tmp_path, cohort):
+    from distributed import Client, LocalCluster
+
+    from flows.register import register_scan_series
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        params = write_params(
+            tmp_path, cohort, task_runner="dask", dask_address=cluster.scheduler_address
+        )
+        outcomes = register_scan_series(params_file=str(params))
+        finished = client.run_on_scheduler(
+            lambda dask_scheduler: sum(
+                1 for t in dask_scheduler.transition_log if t[2] in ("memory", "erred")
+            )
+        )
+    assert [o.status for o in outcomes] == ["registered"] * 3
+    assert finished >= 3  # the patient tasks ran on the cluster's workers
+    assert len(load_series(f"sqlite:///{tmp_path / 'registry.sqlite'}")) == 3
