@@ -76,3 +76,14 @@ def test_bids_discovery_reads_dates_labels_and_contrasts(motion_cohort):
     assert first.visit_id == "01" and first.date is not None and first.problem is None
     assert {s.modality for s in first.scans} == {"T1w", "FLAIR"}
     assert first.label is not None and first.label.path.name.endswith("_dseg.nii.gz")
+
+
+def test_register_command_reports_a_bad_source_with_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from mtlgen.cli import app
+
+    settings = tmp_path / "params.yaml"
+    settings.write_text(f"registry:\n  url: sqlite:///{tmp_path / 'r.sqlite'}\n")
+    run = CliRunner().invoke(app, ["-p", str(settings), "register", str(tmp_path / "nowhere")])
+    assert run.exit_code == 2 and "no such file or folder" in run.output
