@@ -96,6 +96,7 @@ class MultiTaskNet(nn.Module):
             n_contrasts,
             max_context,
         )
+        self.increase, self.decrease = increase, decrease
         self.thresholds = (math.log1p(increase), math.log1p(-decrease))
         self.trunk = build_trunk(
             sharing,

@@ -37,7 +37,8 @@ def _top(score: np.ndarray, count: int) -> np.ndarray:
 def shape_mask(probs: np.ndarray, core_ml: float, lesion_ml: float, vox_ml: float) -> np.ndarray:
     """Label map from class probabilities [3, *S] sized to the given volumes (uint8)."""
     core = _top(probs[1], round(core_ml / vox_ml))
-    lesion = _top(probs[1] + probs[2], round(max(lesion_ml, core_ml) / vox_ml)) | core
+    lesion_score = np.where(core, np.inf, probs[1] + probs[2])
+    lesion = _top(lesion_score, round(max(lesion_ml, core_ml) / vox_ml))
     label = np.zeros(probs.shape[1:], np.uint8)
     label[lesion] = 2
     label[core] = 1
@@ -53,7 +54,6 @@ class ModelPredictor:
         self.model = model.to(device).eval()
         self.device = device
         self.contrasts: list[str] = list(meta["contrasts"])
-        self.increase, self.decrease = meta["increase"], meta["decrease"]
         tasks = model.tasks
         self.name = (
             f"mtl-{meta.get('sharing', 'hard')}"
@@ -104,7 +104,7 @@ class ModelPredictor:
         else:
             label = ref_label.copy()
         core_ml = volumes[0] if volumes is not None else lesion_volumes_ml(label, vox)[0]
-        status = progression_status(ref_core, core_ml, self.increase, self.decrease)
+        status = progression_status(ref_core, core_ml, self.model.increase, self.model.decrease)
         return Prediction(images=images, label=label, core_volume_ml=float(core_ml), status=status)
 
 

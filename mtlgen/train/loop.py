@@ -6,7 +6,7 @@ validation loss, data-parallel under torchrun (gradients averaged over processes
 bfloat16 autocast when available. Writes into ``out_dir``:
 
 - ``best/`` and ``last/``: checkpoints (``model.safetensors`` + ``config.json``); ``last/`` also
-  holds the optimizer/loss-weighting state (``train_state.*``) used to resume.
+  holds ``train_state.safetensors`` (weights, optimizer, loss weighting, counters) to resume.
 - ``history.csv`` / ``history.json``: per-epoch losses, task weights, validation losses, times.
 - ``affinity.json`` / ``affinity.png``: per-epoch task-gradient cosine matrix and heatmap.
 - ``train_result.json``: the ``TrainResult`` below.
@@ -30,7 +30,6 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
@@ -43,9 +42,9 @@ from mtlgen.losses.affinity import gradient_cosine, write_affinity
 from mtlgen.losses.pcgrad import pcgrad
 from mtlgen.losses.tasks import task_losses
 from mtlgen.losses.weighting import LossWeighting
-from mtlgen.models.checkpoint import WEIGHTS, save_checkpoint
+from mtlgen.models.checkpoint import save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet
-from mtlgen.train.state import has_train_state, load_train_state, save_train_state
+from mtlgen.train.state import load_train_state, read_loop, save_train_state
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +71,8 @@ class TrainResult:
     history_json: Path
     affinity_json: Path | None
     affinity_png: Path | None
+    world_size: int = 1
+    replica_max_abs_diff: float | None = None  # DDP: largest weight difference between processes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -163,6 +164,14 @@ def _write_history(history: list[dict[str, float]], out_dir: Path) -> tuple[Path
     return csv_path, json_path
 
 
+def _replica_difference(model: torch.nn.Module) -> float:
+    """Largest absolute difference of any weight between the data-parallel processes."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    return max(float((g - gathered[0]).abs().max()) for g in gathered)
+
+
 def _select_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
@@ -197,8 +206,6 @@ def train_model(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
     use_amp = cfg.amp and device.type == "cuda"
 
     by_id = {s.patient: s for s in series}
@@ -244,11 +251,10 @@ def train_model(
         "train_time_s": 0.0,
         "stopped": False,
     }
-    if resume and has_train_state(last_dir):
-        saved = json.loads((last_dir / "train_state.json").read_text())["loop"]
+    saved = read_loop(last_dir) if resume else None
+    if saved is not None:
         if saved.get("fingerprint") == fingerprint:
-            model.load_state_dict(load_file(str(last_dir / WEIGHTS), device=str(device)))
-            loop = load_train_state(last_dir, optimizer, weighting)
+            loop = load_train_state(last_dir, model, optimizer, weighting, device)
             log.info("resuming %s from epoch %d", last_dir, loop["epoch"])
         else:
             log.warning("%s was trained with other settings; starting afresh", last_dir)
@@ -347,7 +353,7 @@ def train_model(
             optimizer.step()
             for t in tasks:
                 sums[t] += float(losses[t].detach())
-            bar.set_postfix(loss=f"{float(total):.3f}")
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         means = {t: sums[t] / steps for t in tasks}
         if world > 1:
             packed = torch.tensor([means[t] for t in tasks], dtype=torch.float64)
@@ -382,7 +388,7 @@ def train_model(
             if improved:
                 save_checkpoint(best_dir, model, kwargs, epoch_meta)
             save_checkpoint(last_dir, model, kwargs, epoch_meta)
-            save_train_state(last_dir, optimizer, weighting, loop)
+            save_train_state(last_dir, model, optimizer, weighting, loop)
             _write_history(loop["history"], out_dir)
             if logger is not None:
                 logger.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, epoch + 1)
@@ -394,8 +400,7 @@ def train_model(
             " (best)" if improved else "",
         )
         epochs_done = loop["epoch"]
-    if world > 1:
-        dist.barrier()
+    replica_diff = _replica_difference(model) if world > 1 else None
     history_csv, history_json = out_dir / "history.csv", out_dir / "history.json"
     affinity_json = affinity_png = None
     if rank == 0:
@@ -419,6 +424,8 @@ def train_model(
         history_json=history_json,
         affinity_json=affinity_json,
         affinity_png=affinity_png,
+        world_size=world,
+        replica_max_abs_diff=replica_diff,
     )
     if rank == 0:
         path = write_text_atomic(out_dir / "train_result.json", result.to_json())

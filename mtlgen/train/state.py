@@ -1,8 +1,9 @@
-"""Resumable training state without pickle: tensors in safetensors, the rest in JSON.
+"""Resumable training state without pickle, in ONE atomically written safetensors file.
 
-``<dir>/train_state.safetensors`` holds the optimizer's tensors (``opt.<param>.<key>``) and the
-loss weighting's state (``weighting.<name>``); ``<dir>/train_state.json`` holds the optimizer's
-param groups and the loop's counters and history.
+``<dir>/train_state.safetensors`` holds the model weights (``model.<name>``), the optimizer's
+tensors (``opt.<param>.<key>``) and the loss weighting's state (``weighting.<name>``); its
+string metadata holds the optimizer's param groups and the loop's counters and history as
+JSON. One file means a crash can never pair weights of one epoch with counters of another.
 """
 
 from __future__ import annotations
@@ -12,55 +13,70 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from mtlgen.io.atomic import write_atomic, write_text_atomic
+from mtlgen.io.atomic import write_atomic
 
-TENSORS, META = "train_state.safetensors", "train_state.json"
+STATE = "train_state.safetensors"
 
 
 def save_train_state(
     directory: Path | str,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     weighting: torch.nn.Module,
     loop: dict[str, Any],
-) -> None:
-    directory = Path(directory)
+) -> Path:
     opt = optimizer.state_dict()
-    tensors = {
-        f"opt.{idx}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
-        for idx, state in opt["state"].items()
-        for key, value in state.items()
-    }
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(
-        {f"weighting.{k}": v.detach().cpu().contiguous() for k, v in weighting.state_dict().items()}
+        {
+            f"opt.{idx}.{key}": torch.as_tensor(value)
+            for idx, state in opt["state"].items()
+            for key, value in state.items()
+        }
     )
-    write_atomic(directory / TENSORS, lambda p: save_file(tensors, str(p)))
-    meta = {"param_groups": opt["param_groups"], "loop": loop}
-    write_text_atomic(directory / META, json.dumps(meta, indent=1))
+    tensors.update({f"weighting.{k}": v for k, v in weighting.state_dict().items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"param_groups": json.dumps(opt["param_groups"]), "loop": json.dumps(loop)}
+    path = Path(directory) / STATE
+    return write_atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
 
 
-def has_train_state(directory: Path | str) -> bool:
-    return (Path(directory) / META).exists() and (Path(directory) / TENSORS).exists()
+def read_loop(directory: Path | str) -> dict[str, Any] | None:
+    """The saved loop counters, or None when there is no readable state."""
+    path = Path(directory) / STATE
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["loop"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable training state ({exc})") from None
 
 
 def load_train_state(
-    directory: Path | str, optimizer: torch.optim.Optimizer, weighting: torch.nn.Module
+    directory: Path | str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weighting: torch.nn.Module,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Restore optimizer and weighting in place; return the loop's saved counters."""
-    directory = Path(directory)
-    try:
-        meta = json.loads((directory / META).read_text())
-        tensors = load_file(str(directory / TENSORS))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{directory}: unreadable training state ({exc})") from None
+    """Restore model, optimizer and weighting in place; return the loop's saved counters."""
+    path = Path(directory) / STATE
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+    model.load_state_dict(part("model."), strict=True)
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("opt."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    weighting.load_state_dict(
-        {k.removeprefix("weighting."): v for k, v in tensors.items() if k.startswith("weighting.")}
-    )
-    return meta["loop"]
+    for name, value in part("opt.").items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    weighting.load_state_dict(part("weighting."))
+    return json.loads(meta["loop"])

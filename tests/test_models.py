@@ -1,0 +1,197 @@
+"""The multi-task network: sharing strategies, time conditioning, heads, checkpoints, predictor."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from mtlgen.config import DataConfig
+from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
+from mtlgen.data.series import load_visit
+from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
+from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image, trajectory_prior
+from mtlgen.models.predictor import load_predictor, shape_mask
+from mtlgen.models.sharing import HardTrunk, MtanTrunk, SoftTrunk
+
+SMALL = {"features": (4, 8, 16), "time_dim": 8, "heads": 2}
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_series):
+    ds = LongitudinalDataset(tiny_series, DataConfig(augment=False, mask_dropout=0.5), 0.25, 0.25)
+    return default_collate([ds[i] for i in (1, 2)])
+
+
+def _net(sharing="hard", tasks=TASKS, **kw) -> MultiTaskNet:
+    torch.manual_seed(0)
+    return MultiTaskNet(tasks=tasks, sharing=sharing, **{**SMALL, **kw})
+
+
+@pytest.mark.parametrize("sharing", ["hard", "soft", "mtan", "cross_task"])
+def test_every_sharing_strategy_trains_every_head(sharing, batch):
+    net = _net(sharing)
+    out = net(batch)
+    assert out["seg_logits"].shape == (2, 3, 3, 16, 16, 16)
+    assert out["future_logits"].shape == (2, 3, 16, 16, 16)
+    assert out["image"].shape == (2, 2, 16, 16, 16)
+    assert out["log_volume"].shape == (2, 2) and out["status_logits"].shape == (2, 3)
+    loss = sum(v.float().square().mean() for v in out.values()) + net.penalty()
+    loss.backward()
+    for task in TASKS:
+        grads = [p.grad for p in net.trunk.affinity_parameters(task)]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), task
+
+
+def test_hard_sharing_uses_one_encoder_for_all_tasks():
+    net = _net("hard")
+    assert isinstance(net.trunk, HardTrunk)
+    params = [net.trunk.affinity_parameters(t) for t in TASKS]
+    assert all(all(a is b for a, b in zip(params[0], p, strict=True)) for p in params[1:])
+    soft = _net("soft")
+    assert not any(
+        a is b
+        for a, b in zip(
+            soft.trunk.affinity_parameters("seg"),
+            soft.trunk.affinity_parameters("image"),
+            strict=True,
+        )
+    )
+
+
+@pytest.mark.parametrize("kind", ["l2", "l1"])
+def test_soft_penalty_is_zero_for_identical_encoders_and_grows_with_difference(kind):
+    net = _net("soft", soft_penalty=kind, soft_lambda=0.1)
+    trunk: SoftTrunk = net.trunk
+    first = trunk.encoders["seg"].state_dict()
+    first_fusion = trunk.fusions["seg"].state_dict()
+    for t in TASKS:
+        trunk.encoders[t].load_state_dict(first)
+        trunk.fusions[t].load_state_dict(first_fusion)
+    assert float(net.penalty()) == 0.0
+    values = []
+    for scale in (0.01, 0.02):
+        with torch.no_grad():
+            trunk.encoders["image"].load_state_dict(first)
+            for p in trunk.encoders["image"].parameters():
+                p.add_(scale)
+        values.append(float(net.penalty()))
+    assert 0 < values[0] < values[1]
+    n = sum(p.numel() for p in trunk.encoders["image"].parameters())
+    # one task off by s from three identical ones: deviations 3s/4 and s/4 (x3) from the mean
+    expected = (
+        n * ((0.75 * 0.02) ** 2 + 3 * (0.25 * 0.02) ** 2)
+        if kind == "l2"
+        else n * (0.75 * 0.02 + 3 * 0.25 * 0.02)
+    )
+    assert values[1] == pytest.approx(0.1 * expected, rel=1e-3)
+
+
+def test_mtan_masks_are_per_task_and_gate_shared_features(batch):
+    net = _net("mtan")
+    trunk: MtanTrunk = net.trunk
+    x = torch.randn(4, 7, 16, 16, 16)
+    feats = trunk.encoder(x)
+    masks = {t: trunk.masks(feats, t) for t in TASKS}
+    assert all(len(m) == 3 and m[0].shape == feats[0].shape for m in masks.values())
+    assert all(((m > 0) & (m < 1)).all() for ms in masks.values() for m in ms)
+    assert not torch.allclose(masks["seg"][1], masks["image"][1])
+    years, valid, ref = -torch.rand(2, 2), torch.ones(2, 2, dtype=torch.bool), torch.tensor([1, 1])
+    out = trunk(x, years, valid, ref)
+    assert torch.allclose(out["seg"].visits[0], masks["seg"][0] * feats[0])
+
+
+def test_cross_task_attention_mixes_information_between_tasks(batch):
+    net = _net("cross_task")
+    with torch.no_grad():
+        before = net(batch)["future_logits"].clone()
+        for p in net.trunk.cross.project["image"].parameters():
+            p.add_(0.5)
+        after = net(batch)["future_logits"]
+    assert not torch.allclose(before, after), "future_seg must see the image task's features"
+
+
+def test_target_time_conditions_the_prediction(batch):
+    net = _net()
+    with torch.no_grad():
+        net.progression_mlp[-1].weight.normal_(0, 0.1)
+        a = net(batch)
+        shifted = {**batch, "years": batch["years"] - 0.5}
+        b = net(shifted)
+    assert not torch.allclose(a["image"], b["image"])
+    assert not torch.allclose(a["log_volume"], b["log_volume"])
+
+
+def test_trajectory_prior_extrapolates_and_interpolates_log_volume():
+    log_vol = torch.tensor([[[1.0, 2.0], [2.0, 3.0], [0.0, 0.0]]])
+    valid = torch.tensor([[True, True, False]])
+    future = trajectory_prior(log_vol, torch.tensor([[-2.0, -1.0, 0.0]]), valid)
+    assert future.tolist() == [[3.0, 4.0]]  # slope 1 per year, one year on
+    between = trajectory_prior(log_vol, torch.tensor([[-0.5, 0.5, 0.0]]), valid)
+    assert between.tolist() == [[1.5, 2.5]]
+    single = trajectory_prior(
+        log_vol, torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([[True, False, False]])
+    )
+    assert single.tolist() == [[1.0, 2.0]]
+
+
+def test_reference_image_takes_the_latest_visit_that_has_the_contrast():
+    images = torch.arange(3.0)[None, :, None, None].expand(1, 3, 2, 4).clone()  # value = slot
+    present = torch.tensor([[[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]])
+    ref = reference_image(images, present, torch.tensor([1]))
+    assert ref[0, 0].unique().tolist() == [1.0]  # slot 1 has contrast 0
+    assert ref[0, 1].unique().tolist() == [0.0]  # contrast 1 missing at slot 1 -> slot 0
+
+
+def test_two_dimensional_network(tiny_series):
+    ds = LongitudinalDataset(tiny_series[:1], DataConfig(augment=False), 0.25, 0.25, spatial_dims=2)
+    net = _net(spatial_dims=2, sharing="mtan")
+    out = net(default_collate([ds[0], ds[1]]))
+    assert out["image"].shape == (2, 2, 16, 16) and out["future_logits"].shape == (2, 3, 16, 16)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, batch):
+    net = _net("cross_task").eval()
+    kwargs = {"tasks": list(TASKS), "sharing": "cross_task", **SMALL}
+    save_checkpoint(tmp_path, net, kwargs, {"contrasts": ["T1w", "FLAIR"]})
+    loaded, config = load_checkpoint(tmp_path)
+    assert config["meta"]["contrasts"] == ["T1w", "FLAIR"]
+    with torch.no_grad():
+        a, b = net(batch), loaded.eval()(batch)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_shape_mask_sizes_the_label_to_the_volumes():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1, 1, 1], size=(8, 8, 8)).transpose(3, 0, 1, 2)
+    label = shape_mask(probs, core_ml=0.64, lesion_ml=1.28, vox_ml=0.064)
+    assert (label == 1).sum() == 10 and (label > 0).sum() == 20
+    assert probs[1][label == 1].min() >= probs[1][label == 0].max()
+
+
+def test_predictor_answers_the_protocol_for_mtl_and_single_task(tmp_path, tiny_series):
+    visits = [load_visit(v) for v in tiny_series[0].visits]
+    for tasks, name in ((TASKS, "mtl-hard"), (("image",), "single-image+copy-last")):
+        net = _net(tasks=tasks)
+        kwargs = {"tasks": list(tasks), **SMALL}
+        save_checkpoint(tmp_path / name, net, kwargs, {"contrasts": ["T1w", "FLAIR"]})
+        predictor = load_predictor(tmp_path / name)
+        assert predictor.name == name
+        pred = predictor.predict(visits[:2], visits[2].days)
+        assert set(pred.images) == {"T1w", "FLAIR"}
+        assert pred.label.shape == (16, 16, 16) and pred.label.dtype == np.uint8
+        assert pred.status in ("progressive", "stable", "responding")
+        assert math.isfinite(pred.core_volume_ml) and pred.core_volume_ml >= 0
+        if tasks == TASKS:
+            vox = 0.064
+            assert lesion_volumes_ml(pred.label, vox)[0] == pytest.approx(
+                pred.core_volume_ml, abs=vox
+            )
+        else:  # copy-last for the tasks it was not trained on
+            assert np.array_equal(pred.label, visits[1].label)
+            assert pred.core_volume_ml == pytest.approx(
+                lesion_volumes_ml(visits[1].label, 0.064)[0]
+            )
