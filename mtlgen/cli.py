@@ -261,26 +261,23 @@ def train(
     Reads the registry's series and the split file; writes best/ and last/ checkpoints
     (safetensors + JSON), history.csv/json, affinity.json/png and train_result.json into OUT.
     Interrupted runs resume from OUT/last. Under torchrun, processes average gradients.
+    Tracked in MLflow (tracking.uri; fails fast if unreachable) and the best checkpoint is
+    registered as the `candidate` of tracking.model_name (see `mtlgen promote`).
     """
-    from mtlgen.data.splits import load_split
-    from mtlgen.registry.series import load_series
-    from mtlgen.train.loop import train_model
+    from mtlgen.track.run import TrackingUnavailable
+    from mtlgen.track.stage import model_name_for, train_and_register
 
     if task is not None:
         ctx.obj["overrides"].append(f"train.task={task}")
     cfg = config_from(ctx)
     try:
-        result = train_model(
-            cfg,
-            load_series(cfg.registry.url),
-            load_split(cfg.data.split_file),
-            out,
-            task=cfg.train.task,
-            resume=resume,
-        )
-    except (FileNotFoundError, ValueError) as exc:
+        result, version = train_and_register(cfg, out, resume)
+    except (FileNotFoundError, ValueError, TrackingUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if version is not None:
+        name = model_name_for(cfg, cfg.train.task)
+        typer.echo(f"registered {name} version {version} (alias candidate)")
     typer.echo(
         f"trained {','.join(result.tasks)}: {result.epochs_run} epochs in "
         f"{result.wall_time_s:.0f} s, best epoch {result.best_epoch} "
@@ -392,6 +389,143 @@ def serve(
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    metrics: Annotated[
+        Path | None, typer.Option(help="metrics.json of `mtlgen evaluate` [evaluate.out_dir].")
+    ] = None,
+    predictor: Annotated[
+        str, typer.Option(help="The evaluated model's name in metrics.json (NAME of --checkpoint).")
+    ] = "mtl",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="The evaluated checkpoint; its registered.json names the version "
+            "[train.out_dir/best]."
+        ),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Version number or alias to judge instead of the checkpoint's."),
+    ] = None,
+    record: Annotated[
+        Path | None, typer.Option(help="Also write the decision as JSON here (DVC tracks it).")
+    ] = None,
+) -> None:
+    """Apply the promotion rule: the evaluated model becomes `champion` only if it is no worse
+    than the current champion on every evaluate.primary_metrics, on the same test split.
+
+    The decision and both sides' numbers are logged (MLflow run `promote-...`, tags on the model
+    version). Exit status 0 either way; 2 on bad input.
+    """
+    import json
+
+    from mtlgen.evaluate.run import primary_scores
+    from mtlgen.io.atomic import write_text_atomic
+    from mtlgen.track.promotion import promote as apply_rule
+    from mtlgen.track.run import TrackingUnavailable
+    from mtlgen.track.stage import registered_version
+
+    cfg = config_from(ctx)
+    path = metrics or cfg.evaluate.out_dir / "metrics.json"
+    try:
+        evaluation = json.loads(path.read_text())
+        ref = version
+        if ref is None:
+            registered = registered_version(checkpoint or cfg.train.out_dir / "best")
+            ref = registered["version"] if registered else "candidate"
+        primary = {m.metric: m.direction for m in cfg.evaluate.primary_metrics}
+        decision = apply_rule(
+            cfg.tracking,
+            primary_scores(evaluation, predictor, cfg.evaluate),
+            primary,
+            evaluation["meta"]["split_sha256"],
+            ref,
+            source=str(path),
+        )
+    except FileNotFoundError:
+        typer.echo(f"error: {path}: not found (run `mtlgen evaluate` first)", err=True)
+        raise typer.Exit(2) from None
+    except (KeyError, ValueError, LookupError, TrackingUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if record is not None:
+        write_text_atomic(record, json.dumps(decision.to_dict(), indent=2) + "\n")
+    for row in decision.comparisons:
+        champion = "-" if row.champion is None else f"{row.champion:.4f}"
+        mark = "ok" if row.ok else "WORSE"
+        typer.echo(
+            f"  {row.metric:32s} {row.direction}  candidate {row.candidate:.4f}  "
+            f"champion {champion}  {mark}"
+        )
+    verdict = "promoted to champion" if decision.promoted else "not promoted"
+    typer.echo(
+        f"{decision.model_name} v{decision.candidate_version}: {verdict} ({decision.reason})"
+    )
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Registered model: an alias (champion, candidate) or a version "
+            "number [predict.model]."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Use this local checkpoint folder instead of the model registry."),
+    ] = None,
+    days_ahead: Annotated[
+        float | None,
+        typer.Option(help="Days after each patient's last visit [predict.days_ahead]."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder [predict.out_dir].")] = None,
+) -> None:
+    """Predict every registered patient's follow-up visit with the champion model.
+
+    The model comes from the MLflow registry (models:/<tracking.model_name>@champion unless
+    --model names another alias or version), loaded from its safetensors + JSON checkpoint.
+    Writes <out>/<pseudonym>/{<contrast>,label}.nii.gz and prediction.json on the model grid,
+    and <out>/predictions.tsv.
+    """
+    import tempfile
+
+    from mtlgen.models.predictor import load_predictor
+    from mtlgen.predict import predict_followups
+    from mtlgen.registry.series import load_series
+    from mtlgen.track.registry import download_checkpoint
+    from mtlgen.track.run import TrackingUnavailable
+
+    for key, value in (("predict.model", model), ("predict.days_ahead", days_ahead)):
+        if value is not None:
+            ctx.obj["overrides"].append(f"{key}={value}")
+    cfg = config_from(ctx)
+    with tempfile.TemporaryDirectory(prefix="mtlgen-model-") as tmp:
+        try:
+            if checkpoint is not None:
+                folder, source = checkpoint, {"checkpoint": str(checkpoint)}
+            else:
+                folder, resolved = download_checkpoint(cfg.tracking, tmp, cfg.predict.model)
+                source = {
+                    "model_name": cfg.tracking.model_name,
+                    "version": resolved,
+                    "requested": cfg.predict.model,
+                }
+            predictor = load_predictor(folder)
+            series = load_series(cfg.registry.url, cfg.registry.sqlite_timeout_s)
+            rows = predict_followups(
+                predictor, series, cfg.predict.days_ahead, out or cfg.predict.out_dir, source
+            )
+        except (FileNotFoundError, ValueError, LookupError, TrackingUnavailable) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(f"predicted {len(rows)} patients with {source} -> {out or cfg.predict.out_dir}")
 
 
 if __name__ == "__main__":

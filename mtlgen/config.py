@@ -293,6 +293,14 @@ class FlowsConfig(Section):
         return timezone
 
 
+class PredictConfig(Section):
+    """`mtlgen predict`: each registered patient's visit ``days_ahead`` after its last one."""
+
+    model: str = Field("champion", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    days_ahead: float = Field(180.0, gt=0, le=3650)
+    out_dir: Path = Path("data/predictions/pipeline")
+
+
 class Params(Section):
     """Root of params.yaml."""
 
@@ -306,6 +314,7 @@ class Params(Section):
     registry: RegistryConfig = RegistryConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     tracking: TrackingConfig = TrackingConfig()
+    predict: PredictConfig = PredictConfig()
     flows: FlowsConfig = FlowsConfig()
 
 

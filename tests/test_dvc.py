@@ -5,12 +5,14 @@ the default local remote with the workspace emptied in between."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +113,89 @@ def test_repro_reruns_only_changed_stages_and_push_pull_round_trip(tmp_path) -> 
     sh(repo, "dvc", "pull")
     assert tree_hashes(repo / "data") == before
     assert changed(repo) == set()
+
+
+FULL = {
+    "synth": {"patients": 3, "spacing_mm": 4.0, "workers": 1, "visits_max": 3},
+    "preprocess": {
+        "align_levels": [2],
+        "align_iterations": 20,
+        "spacing_mm": 4.0,
+        "shape": [40, 48, 40],
+    },
+    "data": {"reconstruction": False},
+    "model": {"features": [4, 8, 16]},
+    "train": {"epochs": 2, "affinity_batches": 1, "progress": False},
+}
+STAGES = {"synth", "register", "split", "train", "evaluate", "promote", "predict"}
+
+
+@pytest.mark.slow
+def test_full_pipeline_tracks_registers_promotes_and_reruns_only_training(
+    tmp_path, monkeypatch
+) -> None:
+    """synth -> register -> split -> train -> evaluate -> promote -> predict, then an
+    experiment with another train.epochs re-runs training and what follows, nothing before."""
+    import mlflow
+    import numpy as np
+
+    from mtlgen.config import TrackingConfig
+    from mtlgen.data.series import load_visit
+    from mtlgen.models.predictor import load_predictor
+    from mtlgen.registry.series import load_series
+    from mtlgen.track.registry import download_checkpoint
+
+    repo = make_repo(tmp_path)
+    set_params(repo, FULL)
+    git = ("git", "-c", "user.name=test", "-c", "user.email=test@example.org")
+    sh(repo, *git, "commit", "-qam", "tiny")
+    assert ran(sh(repo, "dvc", "repro")) == STAGES
+    sh(repo, "git", "add", "-A")
+    sh(repo, *git, "commit", "-qm", "first model")
+    assert "data/evaluation/metrics.json" in sh(repo, "git", "ls-files", "data")
+    assert "data/models" not in sh(repo, "git", "ls-files", "data")  # DVC's, not git's
+
+    # MLflow: a finished train run with per-epoch losses/weights and data version; v1 champion
+    store = TrackingConfig(uri=f"sqlite:///{repo / 'mlflow.db'}")
+    monkeypatch.chdir(repo)  # registry paths are relative to the repo
+    mlflow.set_tracking_uri(store.uri)
+    client = mlflow.MlflowClient()
+    (train_run,) = mlflow.search_runs(
+        experiment_names=["mtlgen"],
+        filter_string="tags.`mtlgen.stage` = 'train-all'",
+        output_format="list",
+    )
+    assert train_run.info.status == "FINISHED"
+    history = client.get_metric_history(train_run.info.run_id, "train_loss_seg")
+    assert [m.step for m in history] == [1, 2]
+    assert "weight_image" in train_run.data.metrics and "val_loss" in train_run.data.metrics
+    assert train_run.data.params["train.epochs"] == "2"
+    assert train_run.data.params["data.dvc.data/processed"].endswith(".dir")
+    assert len(train_run.data.params["data.split_sha256"]) == 64
+    champion = client.get_model_version_by_alias("mtlgen-mtl", "champion")
+    assert str(champion.version) == "1"
+
+    # the champion loaded from the registry predicts exactly what the local checkpoint does
+    series = load_series(f"sqlite:///{repo / 'data/registry.sqlite'}")
+    context = [load_visit(v) for v in series[0].visits]
+    folder, version = download_checkpoint(store, tmp_path / "dl", "champion")
+    from_registry = load_predictor(folder).predict(context, context[-1].days + 90)
+    local = load_predictor(repo / "data/models/mtl/best").predict(context, context[-1].days + 90)
+    assert version == "1"
+    np.testing.assert_array_equal(from_registry.label, local.label)
+    for contrast, image in local.images.items():
+        np.testing.assert_array_equal(from_registry.images[contrast], image)
+    assert (repo / "data/predictions/pipeline/predictions.tsv").read_text().count("\n") == 4
+
+    # an experiment with another epoch count re-runs training and what follows, nothing before
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.epochs=3")
+    assert ran(out) == {"train", "evaluate", "promote", "predict"}
+    assert "results.mtl.future.dice_lesion.mean" in sh(repo, "dvc", "metrics", "diff")
+    decision = json.loads((repo / "data/evaluation/promotion.json").read_text())
+    assert decision["candidate_version"] == "2"
+    assert decision["promoted"] == all(c["ok"] for c in decision["comparisons"])
+    now = client.get_model_version_by_alias("mtlgen-mtl", "champion").version
+    assert str(now) == ("2" if decision["promoted"] else "1")
+    sh(repo, "dvc", "plots", "diff", "HEAD", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots/index.html").read_text()
+    assert "train_losses" in html and "task_weights" in html

@@ -235,7 +235,8 @@ def exercise_registry(store: TrackingConfig, tmp_path: Path) -> None:
     np.testing.assert_array_equal(champion.predict(x)["seg"], outputs[versions[3]])
     by_version = load_model(store, versions[1]).predict(x)["seg"]
     np.testing.assert_array_equal(by_version, outputs[versions[1]])
-    ckpt_dir = download_checkpoint(store, tmp_path / "dl", CHAMPION)
+    ckpt_dir, version = download_checkpoint(store, tmp_path / "dl", CHAMPION)
+    assert version == versions[3]
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((ckpt_dir / "config.json").read_text())["meta"] == {"seed": 3}
     with pytest.raises(LookupError, match="no version or alias 'nope'"):

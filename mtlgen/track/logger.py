@@ -8,11 +8,14 @@ checked, so ``lr=0.001`` passes).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 BATCH = 100
@@ -55,6 +58,7 @@ class MlflowLogger:
 
         self.run_id = run_id
         self.client = MlflowClient()
+        self._params: dict[str, str] = {}
         ids = sorted({f for f in forbidden if f}, key=len, reverse=True)
         alternatives = "|".join(re.escape(i) for i in ids)
         self._pattern = (
@@ -72,13 +76,25 @@ class MlflowLogger:
                 )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log a (nested) dict as flattened ``section.key`` params."""
+        """Log a (nested) dict as flattened ``section.key`` params.
+
+        MLflow params are write-once: a key logged again with the same value is skipped; with
+        another value it is skipped with a warning (a logging clash must not stop training).
+        """
         from mlflow.entities import Param
 
         flat = flatten(params)
         for key, value in flat.items():
             self._check(key, *_strings(value))
-        items = [(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flat.items()]
+        items = []
+        for key, value in flat.items():
+            text = str(value)[:MAX_PARAM_CHARS]
+            if key in self._params:
+                if self._params[key] != text:
+                    log.warning("param %s already logged as %r; keeping it", key, self._params[key])
+                continue
+            self._params[key] = text
+            items.append((key, text))
         for i in range(0, len(items), BATCH):
             batch = [Param(k, v) for k, v in items[i : i + BATCH]]
             self.client.log_batch(self.run_id, params=batch)

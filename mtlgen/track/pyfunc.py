@@ -28,7 +28,8 @@ def _to_numpy(out: Any) -> Any:
 
 
 class CheckpointModel:
-    """Runs the network in eval mode: an array -> ``model(x)``; a dict -> ``model(**inputs)``."""
+    """Runs the network in eval mode on an array (``model(x)``) or a dict of arrays
+    (``model(batch)``, as ``MultiTaskNet`` takes it); returns arrays in the same structure."""
 
     def __init__(self, checkpoint_dir: Path | str) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -38,8 +39,8 @@ class CheckpointModel:
     def predict(self, model_input: Any, params: dict | None = None) -> Any:
         with torch.no_grad():
             if isinstance(model_input, Mapping):
-                inputs = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
-                return _to_numpy(self.model(**inputs))
+                batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
+                return _to_numpy(self.model(batch))
             return _to_numpy(self.model(torch.as_tensor(np.asarray(model_input))))
 
 

@@ -101,9 +101,10 @@ def load_model(cfg: TrackingConfig, ref: str = CHAMPION, model_name: str | None 
 
 def download_checkpoint(
     cfg: TrackingConfig, dst: Path | str, ref: str = CHAMPION, model_name: str | None = None
-) -> Path:
-    """Download registered model ``ref`` into ``dst`` and return its checkpoint folder
-    (``model.safetensors`` + ``config.json``), ready for ``load_checkpoint``/``load_predictor``."""
+) -> tuple[Path, str]:
+    """Download registered model ``ref`` into ``dst``; return its checkpoint folder
+    (``model.safetensors`` + ``config.json``, ready for ``load_checkpoint``/``load_predictor``)
+    and the version that ``ref`` resolved to."""
     import mlflow
 
     version = resolve_version(cfg, ref, model_name)
@@ -111,7 +112,5 @@ def download_checkpoint(
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     if flavor.get("loader_module") != LOADER:
-        raise ValueError(
-            f"{uri}: not an mtlgen checkpoint model (loader {flavor.get('loader_module')})"
-        )
-    return local / flavor["data"]
+        raise ValueError(f"{uri}: not an mtlgen checkpoint (loader {flavor.get('loader_module')})")
+    return local / flavor["data"], version

@@ -8,17 +8,22 @@ file's hash, and refuses anything that contains a source patient ID from the reg
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from mtlgen.config import Params
+from mtlgen.io.atomic import write_text_atomic
 from mtlgen.track.logger import MlflowLogger
 from mtlgen.track.privacy import source_ids
 from mtlgen.track.provenance import data_version, environment, file_sha256
+from mtlgen.track.registry import register_checkpoint
 from mtlgen.track.run import tracked_run
 
+REGISTERED = "registered.json"  # beside a checkpoint: the model name and version it became
 
 _PASSWORD = re.compile(r"(://[^:/@\s\"]+:)[^\s\"]*@")
 
@@ -63,3 +68,64 @@ def log_evaluation(run: MlflowLogger, out_dir: Path) -> dict[str, float]:
         if path.is_file():
             run.log_artifact(path, "evaluation")
     return means
+
+
+def model_name_for(params: Params, task: str) -> str:
+    """The multi-task model's registered name, or ``<name>-<task>`` for a single-task baseline."""
+    return params.tracking.model_name if task == "all" else f"{params.tracking.model_name}-{task}"
+
+
+def register_trained(run: MlflowLogger, params: Params, checkpoint_dir: Path, task: str) -> str:
+    """Register ``checkpoint_dir`` (logged as a pyfunc model of ``run``) as ``candidate`` and
+    write ``registered.json`` beside it so that evaluation and promotion know its version."""
+    name = model_name_for(params, task)
+    version = register_checkpoint(checkpoint_dir, name, {"mtlgen.task": task, "run_id": run.run_id})
+    record = {"model_name": name, "version": version, "run_id": run.run_id}
+    write_text_atomic(checkpoint_dir / REGISTERED, json.dumps(record, indent=2) + "\n")
+    run.set_tags({"mtlgen.model_version": f"{name}/{version}"})
+    return version
+
+
+def registered_version(checkpoint_dir: Path) -> dict[str, str] | None:
+    """What ``register_trained`` recorded beside ``checkpoint_dir``, if anything."""
+    path = Path(checkpoint_dir) / REGISTERED
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return {k: str(record[k]) for k in ("model_name", "version", "run_id")}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a registration record ({exc})") from None
+
+
+def train_and_register(
+    params: Params, out_dir: Path | None = None, resume: bool = True
+) -> tuple[Any, str | None]:
+    """``train_model`` inside a tracked run, then register its best checkpoint as candidate.
+
+    Returns the ``TrainResult`` and the registered version. Under torchrun only rank 0 tracks
+    and registers (version None elsewhere).
+    """
+    from mtlgen.data.splits import load_split
+    from mtlgen.registry.series import load_series
+    from mtlgen.train.loop import train_model
+
+    split_file = params.data.split_file
+    main_process = os.environ.get("RANK", "0") == "0"
+    name = f"train-{params.train.task}"
+    inputs = [params.preprocess.out_dir, split_file]
+    tracking = stage_run(params, name, inputs, split_file) if main_process else nullcontext()
+    with tracking as run:
+        result = train_model(
+            params,
+            load_series(params.registry.url, params.registry.sqlite_timeout_s),
+            load_split(split_file),
+            out_dir,
+            task=params.train.task,
+            logger=run,
+            resume=resume,
+        )
+        version = None
+        if run is not None:
+            version = register_trained(run, params, result.checkpoint_dir, params.train.task)
+    return result, version

@@ -1,0 +1,79 @@
+"""Follow-up predictions for registered patients: the predicted visit ``days_ahead`` after each
+patient's last one, written on the model grid (the patient's baseline-aligned grid).
+
+Per patient: ``<out_dir>/<pseudonym>/<contrast>.nii.gz`` (predicted images), ``label.nii.gz``
+(0 background, 1 lesion core, 2 edema) and ``prediction.json`` (target day, core volume, status,
+the model that made it); ``<out_dir>/predictions.tsv`` sums them up.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mtlgen.data.series import PatientSeries, load_visit
+from mtlgen.evaluate.predictor import Predictor
+from mtlgen.ids import check_token
+from mtlgen.io.atomic import write_text_atomic
+from mtlgen.io.nifti import save_nifti
+
+log = logging.getLogger(__name__)
+
+
+def predict_followups(
+    predictor: Predictor,
+    series: Sequence[PatientSeries],
+    days_ahead: float,
+    out_dir: Path | str,
+    model: Mapping[str, str],
+    progress: bool = True,
+) -> list[dict]:
+    """Predict each patient's visit ``days_ahead`` after the last one; return the summary rows."""
+    if days_ahead <= 0:
+        raise ValueError(f"days_ahead must be > 0, got {days_ahead}")
+    out_dir = Path(out_dir)
+    rows = []
+    for patient in tqdm(series, desc="predicting", unit="patient", disable=not progress):
+        folder = out_dir / check_token(patient.patient, "patient pseudonym")
+        context = [load_visit(v) for v in patient.visits]
+        target = context[-1].days + days_ahead
+        pred = predictor.predict(context, target)
+        affine = context[-1].affine
+        for contrast, image in pred.images.items():
+            save_nifti(
+                folder / f"{check_token(contrast, 'contrast')}.nii.gz", image, affine, np.float32
+            )
+        save_nifti(folder / "label.nii.gz", pred.label, affine, np.uint8)
+        row = {
+            "patient": patient.patient,
+            "last_visit_days": context[-1].days,
+            "target_days": target,
+            "core_volume_ml": round(float(pred.core_volume_ml), 4),
+            "status": pred.status,
+        }
+        write_text_atomic(
+            folder / "prediction.json", json.dumps({**row, "model": dict(model)}, indent=2) + "\n"
+        )
+        rows.append(row)
+        log.info(
+            "%s: day %.0f -> core %.2f ml, %s",
+            patient.patient,
+            target,
+            row["core_volume_ml"],
+            row["status"],
+        )
+    table = io.StringIO()
+    writer = csv.DictWriter(
+        table, fieldnames=list(rows[0]) if rows else ["patient"], delimiter="\t"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out_dir / "predictions.tsv", table.getvalue())
+    return rows
