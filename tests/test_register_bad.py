@@ -40,6 +40,7 @@ CASES = {
     "patient_space": ("pid_space.nii.gz", "patient id 'a b' is not a plain identifier"),
     "patient_control": ("pid_ctrl.nii.gz", "patient id 'a\\x01b' is not a plain identifier"),
     "visit_slash": ("visit_slash.nii.gz", "visit id '../x' is not a plain identifier"),
+    "alignment_fails": ("tiny.nii.gz", "T1w rigid alignment failed: The number of pixels"),
 }
 
 
@@ -68,6 +69,8 @@ def _make_bad_files(src_image, src_label, folder):
     save_nifti(f["constant"], np.full_like(data, 100), affine)
     _write_raw_nifti(f["singular_affine"], data, np.diag([4.0, 4.0, 0.0, 1.0]))
     save_nifti(f["absurd_spacing"], data, np.diag([50.0, 50.0, 50.0, 1.0]))
+    tiny = np.arange(27, dtype=np.int16).reshape(3, 3, 3)  # valid, but too small to align
+    save_nifti(f["alignment_fails"], tiny, np.diag([2.0, 2.0, 2.0, 1.0]))
     save_nifti(f["label_shape"], label[:-2], affine, dtype=np.uint8)
     shifted = affine.copy()
     shifted[:3, 3] += 6.0
@@ -131,6 +134,7 @@ def bad_batch(tmp_path_factory, motion_cohort, register_params, manifest_rows):
         row("a b", "01", "2020-01-01", f["patient_space"]),
         row("a\x01b", "01", "2020-01-01", f["patient_control"]),
         row("001", "../x", "2030-01-01", f["visit_slash"]),
+        row("001", "88", "2030-06-01", f["alignment_fails"]),
     ]
     batch = root / "batch.csv"
     _write_csv(batch, good + early + bad)

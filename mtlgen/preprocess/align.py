@@ -8,6 +8,7 @@ same convention as the synthetic ground truth's ``to_baseline``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,10 @@ from mtlgen.io.validate import Volume
 from mtlgen.preprocess.grid import Grid
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class AlignmentFailed(ValueError):
+    """SimpleITK could not register the pair (e.g. a follow-up too small to smooth or sample)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,12 @@ def rigid_align(
     reg.SetSmoothingSigmasPerLevel([0.5 * (f - 1) * cfg.spacing_mm for f in cfg.align_levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(euler, inPlace=True)
-    reg.Execute(fixed_img, moving_img)
+    try:
+        reg.Execute(fixed_img, moving_img)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[-1]
+        detail = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", detail)
+        raise AlignmentFailed(f"rigid alignment failed: {detail}") from None
     return Alignment(_euler_to_ras(euler), float(-reg.GetMetricValue()))
 
 

@@ -31,7 +31,7 @@ from mtlgen.io.hashing import sha256_files
 from mtlgen.io.nifti import save_nifti
 from mtlgen.io.sources import PatientSource, ScanSource, VisitSource, discover
 from mtlgen.io.validate import InvalidScan, Volume, check_image, check_label, read_volume
-from mtlgen.preprocess.align import ncc, rigid_align
+from mtlgen.preprocess.align import AlignmentFailed, ncc, rigid_align
 from mtlgen.preprocess.grid import Grid, brain_center, grid_around
 from mtlgen.preprocess.resample import normalise, resample_to_grid
 from mtlgen.registry.db import session_scope
@@ -401,7 +401,12 @@ class _Registration:
                         self.reject(p.visit, p.scan, "visit has no aligned image", p.sha)
                     continue
                 reference = _reference(list(images), [patient.reference, *pre.reference_contrasts])
-                alignment = rigid_align(fixed, grid, images[reference].volume, pre)
+                try:
+                    alignment = rigid_align(fixed, grid, images[reference].volume, pre)
+                except AlignmentFailed as exc:
+                    for p in files:
+                        self.reject(p.visit, p.scan, f"{reference} {exc}", p.sha)
+                    continue
                 transform, mi = alignment.to_baseline, alignment.mi
             out_dir = pre.out_dir / self.pseudonym / visit_id
             for p in files:
