@@ -100,3 +100,33 @@ def _markdown(summary: dict) -> str:
         )
     lines.append(f"- **follow-up predictions**: {summary['predicted']}")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.pipeline``: one pipeline run (on Prefect's temporary local server unless
+    PREFECT_API_URL points at a server); exit 0 if Completed, 1 otherwise."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.pipeline",
+        description="Register new scans, retrain if enough new visits arrived since the champion "
+        "was trained, evaluate, promote, and predict the follow-ups that are due.",
+    )
+    parser.add_argument("--source", help="BIDS folder, CSV manifest or DICOM folder [flows.source]")
+    parser.add_argument("--as-of", type=date.fromisoformat, help="date for due follow-ups [today]")
+    parser.add_argument("-p", "--params", default="params.yaml", help="settings file [params.yaml]")
+    parser.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        help="override a setting, e.g. -S train.epochs=3",
+    )
+    args = parser.parse_args(argv)
+    state = longitudinal_pipeline(args.source, args.as_of, args.params, args.set, return_state=True)
+    print(f"longitudinal-pipeline: {state.name}" + (f" ({state.message})" if state.message else ""))
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

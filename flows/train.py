@@ -15,7 +15,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.runtime import load_params
-from mtlgen.retraining import record_training_visits, visit_keys
+from mtlgen.retraining import (
+    VISITS_ARTIFACT,
+    load_visit_keys,
+    record_training_visits,
+    save_visit_keys,
+    visit_keys,
+)
 
 
 @task(name="split")
@@ -43,7 +49,11 @@ def train_task(params_file: str, overrides: list[str]) -> dict[str, str]:
 
     params = load_params(params_file, overrides)
     keys = visit_keys(load_series(params.registry.url, params.registry.sqlite_timeout_s))
-    result, _ = train_and_register(params)
+    # resume an interrupted training only if it was on the same visits (new data: start afresh)
+    record_file = params.train.out_dir / VISITS_ARTIFACT
+    resume = record_file.is_file() and load_visit_keys(record_file) == keys
+    save_visit_keys(keys, record_file)
+    result, _ = train_and_register(params, resume=resume)
     record = registered_version(result.checkpoint_dir)
     if record is None:
         raise RuntimeError(f"{result.checkpoint_dir}: training registered no model version")

@@ -209,7 +209,7 @@ def markdown_artifact(key: str) -> str:
 
 
 @pytest.mark.slow  # about 110 s on 2 shared cores: one real (tiny) training, evaluation, promotion
-def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, motion_cohort):
+def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, cohort):
     import time
     from datetime import date
 
@@ -217,10 +217,10 @@ def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, motion_cohort
 
     from flows.pipeline import longitudinal_pipeline
 
-    params = pipeline_params(tmp_path, motion_cohort)
+    params = pipeline_params(tmp_path, cohort)
     first = longitudinal_pipeline(params_file=str(params), as_of=date(2021, 1, 1))
     assert first["retrain"] and first["retrain_reason"] == "no champion yet"
-    assert first["new_visits"] == sum(1 for _ in motion_cohort.glob("sub-*/ses-*"))
+    assert first["new_visits"] == sum(1 for _ in cohort.glob("sub-*/ses-*"))
     assert first["trained"]["promoted"] and first["trained"]["version"] == "1"
     assert Path(first["trained"]["metrics"]).is_file()
     assert first["predicted"] == 3
@@ -240,6 +240,38 @@ def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, motion_cohort
     runs_after = len(client.search_runs(client.search_experiments()[0].experiment_id.split()))
     assert runs_after == runs_before  # no train, evaluate or promote run
     assert "retraining**: no (0 new visits < 8)" in markdown_artifact("pipeline-summary")
+
+    # one new visit of an existing patient (same split): with a threshold of 1 it retrains from
+    # scratch on the new data (not resuming the finished training), a new version is judged
+    add_visit(cohort, "sub-001", "ses-04", days_after_last=120)
+    best = tmp_path / "model" / "best" / "model.safetensors"
+    before = best.read_bytes()
+    third = longitudinal_pipeline(
+        params_file=str(params),
+        as_of=date(2021, 1, 1),
+        overrides=["flows.retrain_min_new_visits=1"],
+    )
+    assert third["retrain"] and third["new_visits"] == 1
+    assert third["trained"]["version"] == "2"
+    assert best.read_bytes() != before  # really trained again
+    assert len(client.search_model_versions("name='mtlgen-mtl'")) == 2
+
+
+def add_visit(bids: Path, subject: str, session: str, days_after_last: int) -> None:
+    """Copy a subject's last visit (images + label) as a new, later visit."""
+    from datetime import datetime, timedelta
+
+    table = bids / subject / f"{subject}_sessions.tsv"
+    rows = table.read_text().splitlines()
+    last_session, last_time = rows[-1].split("\t")
+    when = datetime.fromisoformat(last_time) + timedelta(days=days_after_last)
+    table.write_text("\n".join([*rows, f"{session}\t{when.isoformat()}"]) + "\n")
+    for folder in (bids / subject, bids / "derivatives" / "labels" / subject):
+        src = folder / last_session
+        dst = folder / session
+        shutil.copytree(src, dst)
+        for f in dst.rglob("*.nii.gz"):
+            f.rename(f.with_name(f.name.replace(last_session, session)))
 
 
 @pytest.mark.slow  # a Dask LocalCluster of 2 worker processes: about 30 s
