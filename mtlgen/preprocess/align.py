@@ -56,12 +56,38 @@ def _euler_to_ras(euler: sitk.Euler3DTransform) -> np.ndarray:
     return _RAS_TO_LPS @ np.linalg.inv(fixed_to_moving) @ _RAS_TO_LPS
 
 
+def _coarsen(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """Smooth and resample ``image`` (in its own orientation) to voxels no finer than
+    ``spacing_mm``: the fine detail cannot improve a fit at the model grid, only slow it down."""
+    spacing = np.asarray(image.GetSpacing())
+    if spacing.min() >= spacing_mm:
+        return image
+    target = np.maximum(spacing, spacing_mm)
+    sigma = 0.5 * np.sqrt(np.maximum(target**2 - spacing**2, 0.0))
+    smooth = sitk.SmoothingRecursiveGaussian(image, sigma.tolist())
+    size = np.ceil(np.asarray(image.GetSize()) * spacing / target).astype(int)
+    origin = image.TransformContinuousIndexToPhysicalPoint(
+        (0.5 * (target / spacing) - 0.5).tolist()
+    )
+    return sitk.Resample(
+        smooth,
+        size.tolist(),
+        sitk.Transform(),
+        sitk.sitkLinear,
+        origin,
+        target.tolist(),
+        image.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
+
+
 def rigid_align(
     fixed: np.ndarray, grid: Grid, moving: Volume, cfg: PreprocessConfig, seed: int = 0
 ) -> Alignment:
     """Align ``moving`` (a raw follow-up scan) to ``fixed`` (the baseline reference on ``grid``)."""
     fixed_img = to_sitk(fixed, grid.affine)
-    moving_img = to_sitk(moving.data, moving.affine)
+    moving_img = _coarsen(to_sitk(moving.data, moving.affine), cfg.spacing_mm)
     euler = sitk.Euler3DTransform()
     initial = sitk.CenteredTransformInitializer(
         fixed_img, moving_img, euler, sitk.CenteredTransformInitializerFilter.MOMENTS
