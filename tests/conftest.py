@@ -43,12 +43,14 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return ((image - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
 
-def write_aligned_series(bids: Path, out: Path, box: int = ALIGNED_BOX) -> list[PatientSeries]:
+def write_aligned_series(
+    bids: Path, out: Path, box: int | tuple[int, int, int] = ALIGNED_BOX
+) -> list[PatientSeries]:
     """Stand-in for registration's output: crop, normalise and list an already-aligned cohort.
 
     ``bids`` must come from ``write_cohort`` without head motion (no rotation/translation), so
     every visit already shares its patient's baseline grid. Each image is cropped to a ``box``
-    cube around the brain's bounding-box centre and saved as float32 NIfTI.
+    (cube side or shape) around the brain's bounding-box centre and saved as float32 NIfTI.
     """
     visits_tsv = (bids / "derivatives/groundtruth/visits.tsv").read_text().splitlines()
     header = visits_tsv[0].split("\t")
@@ -66,8 +68,9 @@ def write_aligned_series(bids: Path, out: Path, box: int = ALIGNED_BOX) -> list[
         )
         ref = np.asarray(first.dataobj, dtype=np.float32)
         head = np.argwhere(ref > np.percentile(ref, 60))
-        start = np.clip((head.min(0) + head.max(0)) // 2 - box // 2, 0, np.array(ref.shape) - box)
-        crop = tuple(slice(s, s + box) for s in start)
+        size = np.broadcast_to(np.asarray(box), (3,))
+        start = np.clip((head.min(0) + head.max(0)) // 2 - size // 2, 0, np.array(ref.shape) - size)
+        crop = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
         affine = first.affine.copy()
         affine[:3, 3] = first.affine[:3, :3] @ start + first.affine[:3, 3]
         visits = []

@@ -174,7 +174,7 @@ def test_shape_mask_sizes_the_label_to_the_volumes():
 
 def test_predictor_answers_the_protocol_for_mtl_and_single_task(tmp_path, tiny_series):
     visits = [load_visit(v) for v in tiny_series[0].visits]
-    for tasks, name in ((TASKS, "mtl-hard"), (("image",), "single-image+copy-last")):
+    for tasks, name in ((TASKS, "mtl-hard"), (("image",), "single-image-copy-last")):
         net = _net(tasks=tasks)
         kwargs = {"tasks": list(tasks), **SMALL}
         save_checkpoint(tmp_path / name, net, kwargs, {"contrasts": ["T1w", "FLAIR"]})

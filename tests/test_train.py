@@ -107,7 +107,7 @@ def test_single_task_model_answers_its_task_and_copies_the_rest(tmp_path, tiny_s
     result = train_model(params, tiny_series, _split(tiny_series), tmp_path, task="progression")
     assert result.tasks == ("progression",) and result.affinity_json is None
     predictor = load_predictor(result.checkpoint_dir)
-    assert predictor.name == "single-progression+copy-last"
+    assert predictor.name == "single-progression-copy-last"
     assert predictor.model.tasks == ("progression",)
 
 

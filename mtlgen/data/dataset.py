@@ -107,8 +107,10 @@ def encode_context(
 class LongitudinalDataset(Dataset):
     """All (context -> target) samples of ``series`` from ``enumerate_samples``.
 
-    Visits are read once and cached. Augmentation and mask dropout are drawn from a generator
-    seeded by (seed, epoch, index): call ``set_epoch`` so a resumed run sees the same draws.
+    Visits are read once and cached. With ``mask_dropout`` > 0 each context mask is hidden with
+    that probability, at least one per sample (the segmentation target). Augmentation (only
+    when ``train``) and mask dropout are drawn from a generator seeded by (seed, epoch, index):
+    call ``set_epoch`` so a resumed run sees the same draws.
     """
 
     def __init__(
@@ -190,9 +192,12 @@ class LongitudinalDataset(Dataset):
             )
             timage = images[k * c :].numpy() * tpresent[(...,) + (None,) * len(grid)]
             item["masks"], tmask = masks[:k], masks[k].numpy()
-        if self.train and self.mask_dropout > 0:
-            hide = torch.from_numpy(rng.random(self.cfg.max_context) < self.mask_dropout)
-            item["mask_input"] = item["mask_input"] & ~hide
+        if self.mask_dropout > 0:  # at least one hidden mask: the segmentation target
+            maskable = (item["visit_valid"] & item["mask_present"]).numpy()
+            hide = (rng.random(self.cfg.max_context) < self.mask_dropout) & maskable
+            if maskable.any() and not hide.any():
+                hide[rng.choice(np.flatnonzero(maskable))] = True
+            item["mask_input"] = item["mask_input"] & ~torch.from_numpy(hide)
         vox = float(item["voxel_ml"])
         ref = int(item["ref_slot"])
         ref_core = float((item["masks"][ref] == 1).sum()) * vox

@@ -40,9 +40,13 @@ def task_losses(
 ) -> dict[str, torch.Tensor]:
     """Unweighted loss of every task in ``tasks`` (scalars)."""
     losses: dict[str, torch.Tensor] = {}
-    if "seg" in tasks:
-        keep = batch["visit_valid"] & batch["mask_present"]
-        losses["seg"] = mask_loss(out["seg_logits"][keep], batch["masks"][keep])
+    if "seg" in tasks:  # the visits the network segmented (mask hidden from its input)
+        keep = out["seg_decoded"] & batch["mask_present"]
+        losses["seg"] = (
+            mask_loss(out["seg_logits"][keep], batch["masks"][keep])
+            if keep.any()
+            else out["seg_logits"].new_zeros(())
+        )
     if "future_seg" in tasks:
         losses["future_seg"] = mask_loss(out["future_logits"], batch["target_mask"])
     if "progression" in tasks:

@@ -4,8 +4,8 @@ Context visits (contrasts + presence flags + mask one-hot where a mask is given)
 trunk (``mtlgen.models.sharing``) that fuses them over time at the target date. Task heads
 share the problem's structure:
 
-- ``seg``: segments every context visit; where a mask is not given, its soft volume feeds
-  the progression head and its lesion map guides the other heads.
+- ``seg``: segments every context visit whose mask is not given; its soft volume feeds the
+  progression head and its lesion map guides the other heads.
 - ``progression``: the log-volume trajectory through the two context visits nearest the
   target plus a learned correction (zero at start), giving core and whole-lesion volume at
   the target; status logits are a soft version of the volumetric rule, so status
@@ -122,7 +122,7 @@ class MultiTaskNet(nn.Module):
             )
             nn.init.zeros_(self.progression_mlp[-1].weight)
             nn.init.zeros_(self.progression_mlp[-1].bias)
-            self.log_tau = nn.Parameter(torch.tensor(math.log(0.1)))
+            self.log_tau = nn.Parameter(torch.tensor(math.log(0.25)))
 
     def penalty(self) -> torch.Tensor:
         return self.trunk.penalty()
@@ -153,11 +153,17 @@ class MultiTaskNet(nn.Module):
         out: dict[str, torch.Tensor] = {}
 
         probs = onehot * gflag  # context lesion maps: given masks, else segmentation
-        if "seg" in self.tasks:
-            f = feats["seg"].visits
-            logits = self.seg_decoder(f[-1], f[:-1], None, spatial).reshape(b, k, 3, *spatial)
-            out["seg_logits"] = logits
+        if "seg" in self.tasks:  # decode the visits whose mask is not given
+            hidden = (valid & ~given).flatten()
+            full = images.new_zeros(b * k, 3, *spatial)
+            if hidden.any():
+                f = [v[hidden] for v in feats["seg"].visits]
+                decoded = self.seg_decoder(f[-1], f[:-1], None, spatial)
+                full = full.index_put((hidden.nonzero()[:, 0],), decoded.to(full.dtype))
+            logits = full.reshape(b, k, 3, *spatial)
+            out["seg_logits"], out["seg_decoded"] = logits, hidden.reshape(b, k)
             probs = torch.where(gflag.bool(), probs, logits.softmax(dim=2))
+            probs = probs * valid.reshape(b, k, 1, *ones)
         ref_probs = _gather(probs, ref)
         vox = batch["voxel_ml"].reshape(b, 1)
         core = probs[:, :, 1].flatten(2).sum(-1) * vox

@@ -7,7 +7,10 @@ come from the progression head (status by the volumetric rule against the refere
 
 A single-task checkpoint answers its own task and falls back to copy-last for the others
 (the latest context visit at or before the target: its image per contrast, its mask and
-core volume); its ``name`` says so, e.g. ``single-image+copy-last``.
+core volume); its ``name`` says so, e.g. ``single-image-copy-last``.
+
+When the target is a context visit whose mask is not given (segmenting the current scan), a
+model with the ``seg`` head answers mask and volume from that head.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class ModelPredictor:
         self.name = (
             f"mtl-{meta.get('sharing', 'hard')}"
             if tasks == TASKS
-            else f"single-{tasks[0]}+copy-last"
+            else f"single-{tasks[0]}-copy-last"
         )
 
     @torch.no_grad()
@@ -94,7 +97,11 @@ class ModelPredictor:
         volumes = None
         if "progression" in tasks:
             volumes = out["log_volume"][0].float().expm1().clamp_min(0).cpu().tolist()
-        if "future_seg" in tasks:
+        current = ref.label is None and ref.days == target_days and "seg" in tasks
+        if current:
+            label = ref_label.copy()
+            volumes = list(lesion_volumes_ml(label, vox))
+        elif "future_seg" in tasks:
             probs = out["future_logits"][0].float().softmax(0).cpu().numpy()
             label = (
                 shape_mask(probs, volumes[0], volumes[1], vox)

@@ -1,0 +1,214 @@
+"""Multi-task model vs single-task models with the same backbone and budget, on held-out patients.
+
+For each seed: trains the MTL model (``task=all``) and one single-task model per task, times
+them, and evaluates every checkpoint with the baselines (copy-last, linear and exponential
+volume extrapolation) on the split's test patients (``mtlgen.evaluate.run``). Prints, as
+measured in this run:
+
+- MTL vs baselines: future-mask Dice vs copy-last, volume MAE vs the better extrapolation,
+  image MAE in the changing region / copy-last's;
+- MTL vs each single-task model on that task's own metric (mean +- std over seeds);
+- MTL training time / sum of the single-task training times.
+
+Seeds run as parallel lanes (``--lanes``); within a lane the runs are sequential, so MTL and
+its single-task counterparts share the same conditions. Writes ``bench.json`` into ``--out``.
+
+Example: python bench/mtl_vs_single.py --seeds 3 --lanes 3 -S train.epochs=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# task -> (case kind, metric, direction) judged for the MTL-vs-single comparison
+OWN_METRIC = {
+    "seg": ("current", "dice_lesion", "max"),
+    "future_seg": ("future", "dice_lesion", "max"),
+    "progression": ("future", "volume_abs_error_ml", "min"),
+    "image": ("future", "image_mae_change", "min"),
+}
+
+
+def _lane(args: tuple) -> dict:
+    """Train MTL + single-task models for one seed, then evaluate them with the baselines."""
+    params, series, split, seed, tasks, out, threads = args
+    import torch
+
+    from mtlgen.evaluate.baselines import make_baseline
+    from mtlgen.evaluate.pipeline import NamedPredictor
+    from mtlgen.evaluate.run import evaluate_predictors
+    from mtlgen.models.predictor import load_predictor
+    from mtlgen.train.loop import train_model
+
+    torch.set_num_threads(threads)
+    params = params.model_copy(update={"seed": seed})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runs, predictors = {}, []
+    for task in ("all", *tasks):
+        name = f"{'mtl' if task == 'all' else task}_seed{seed}"
+        result = train_model(params, series, split, Path(out) / name, task=task, resume=False)
+        runs[name] = {
+            "task": task,
+            "train_time_s": result.total_train_time_s,
+            "epochs": result.epochs_run,
+            "best_epoch": result.best_epoch,
+        }
+        predictors.append(NamedPredictor(name, load_predictor(result.checkpoint_dir, device)))
+    prog = params.progression
+    baselines = [make_baseline(b, prog.increase, prog.decrease) for b in params.evaluate.baselines]
+    evaluation = evaluate_predictors(
+        series,
+        split,
+        [*baselines, *predictors] if seed == 0 else predictors,
+        params.evaluate,
+        prog,
+        params.data.max_context,
+        params.data.reconstruction,
+        progress=False,
+    )
+    return {"seed": seed, "runs": runs, "results": evaluation.metrics["results"]}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _metric(results: dict, name: str, kind: str, metric: str) -> float | None:
+    entry = results.get(name, {}).get(kind, {}).get(metric)
+    return None if entry is None else entry["mean"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("-p", "--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "-S", "--set", action="append", default=[], help="override, e.g. train.epochs=20"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds (0..N-1)")
+    parser.add_argument("--lanes", type=int, default=1, help="seeds trained in parallel processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per lane")
+    parser.add_argument(
+        "--tasks", default="future_seg,progression,image", help="single-task models to train"
+    )
+    parser.add_argument("--out", type=Path, default=Path("data/bench/mtl_vs_single"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    from mtlgen.config import load_config
+    from mtlgen.data.splits import load_split, make_split, save_split
+    from mtlgen.registry.series import load_series
+
+    params = load_config(args.params, [*args.set, "train.progress=false"])
+    series = load_series(params.registry.url, params.registry.sqlite_timeout_s)
+    if Path(params.data.split_file).exists():
+        split = load_split(params.data.split_file)
+    else:
+        patients = [s.patient for s in series]
+        split = make_split(
+            patients, params.data.val_fraction, params.data.test_fraction, params.seed
+        )
+        save_split(split, args.out / "split.json")
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    run_bench(params, series, split, args.seeds, tasks, args.out, args.lanes, args.threads)
+
+
+def run_bench(
+    params, series, split, seeds: int, tasks, out: Path, lanes: int, threads: int
+) -> dict:
+    """Train and evaluate every seed's models; print, write and return the comparison."""
+    logging.info(
+        "split: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test)
+    )
+    jobs = [(params, series, split, seed, tasks, out, threads) for seed in range(seeds)]
+    t0 = time.perf_counter()
+    if lanes > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(lanes, mp_context=ctx) as pool:
+            lanes = list(pool.map(_lane, jobs))
+    else:
+        lanes = [_lane(job) for job in jobs]
+    wall = time.perf_counter() - t0
+    results = {k: v for lane in lanes for k, v in lane["results"].items()}
+
+    def seeds_of(prefix: str, kind: str, metric: str) -> list[float]:
+        values = [_metric(results, f"{prefix}_seed{s}", kind, metric) for s in range(seeds)]
+        return [v for v in values if v is not None]
+
+    report: dict = {"seeds": seeds, "wall_time_s": wall, "runs": {}, "checks": {}}
+    for lane in lanes:
+        report["runs"].update(lane["runs"])
+    print(f"\n=== MTL vs single-task, {seeds} seed(s), test patients {list(split.test)} ===")
+    dice_mtl = _mean_std(seeds_of("mtl", "future", "dice_lesion"))
+    vol_mtl = _mean_std(seeds_of("mtl", "future", "volume_abs_error_ml"))
+    img_mtl = _mean_std(seeds_of("mtl", "future", "image_mae_change"))
+    copy = {
+        m: _metric(results, "copy_last", "future", m) for m in ("dice_lesion", "image_mae_change")
+    }
+    extrap = min(
+        v
+        for v in (
+            _metric(results, b, "future", "volume_abs_error_ml") for b in ("linear", "exponential")
+        )
+        if v is not None
+    )
+    checks = report["checks"]
+    checks["future_dice"] = {"mtl": dice_mtl, "copy_last": copy["dice_lesion"]}
+    checks["volume_mae_ml"] = {"mtl": vol_mtl, "best_extrapolation": extrap}
+    checks["image_mae_change"] = {
+        "mtl": img_mtl,
+        "copy_last": copy["image_mae_change"],
+        "ratio": img_mtl[0] / copy["image_mae_change"],
+    }
+    print(
+        f"future Dice (lesion): MTL {dice_mtl[0]:.4f} +- {dice_mtl[1]:.4f} "
+        f"vs copy-last {copy['dice_lesion']:.4f}"
+    )
+    print(
+        f"volume MAE (ml):      MTL {vol_mtl[0]:.4f} +- {vol_mtl[1]:.4f} "
+        f"vs best extrapolation {extrap:.4f}"
+    )
+    print(
+        f"image MAE change:     MTL {img_mtl[0]:.4f} +- {img_mtl[1]:.4f} vs copy-last "
+        f"{copy['image_mae_change']:.4f} -> ratio {checks['image_mae_change']['ratio']:.3f}"
+    )
+    single_time = 0.0
+    for task in tasks:
+        kind, metric, direction = OWN_METRIC[task]
+        mtl = _mean_std(seeds_of("mtl", kind, metric))
+        single = _mean_std(seeds_of(task, kind, metric))
+        tol = max(mtl[1], single[1])
+        ok = mtl[0] >= single[0] - tol if direction == "max" else mtl[0] <= single[0] + tol
+        checks[f"vs_single_{task}"] = {
+            "metric": f"{kind}.{metric}",
+            "mtl": mtl,
+            "single": single,
+            "ok": ok,
+        }
+        print(
+            f"{task:>11} {kind}.{metric}: MTL {mtl[0]:.4f} +- {mtl[1]:.4f} vs single "
+            f"{single[0]:.4f} +- {single[1]:.4f} ({'matches/beats' if ok else 'WORSE'})"
+        )
+        single_time += sum(r["train_time_s"] for r in report["runs"].values() if r["task"] == task)
+    mtl_time = sum(r["train_time_s"] for r in report["runs"].values() if r["task"] == "all")
+    checks["time_ratio"] = mtl_time / single_time
+    print(
+        f"training time: MTL {mtl_time:.1f} s vs sum of single-task {single_time:.1f} s "
+        f"-> ratio {checks['time_ratio']:.3f}"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({**report, "results": results}, indent=1))
+    print(f"wrote {out / 'bench.json'} (total wall {wall:.0f} s)")
+    return report
+
+
+if __name__ == "__main__":
+    main()
