@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import load_params
 from mtlgen.config import Params
@@ -42,7 +43,7 @@ def select_follow_ups(
     ]
 
 
-@task(name="predict-follow-up")
+@task(name="predict-follow-up", cache_policy=NO_CACHE)  # inputs hold a model: never hash it
 def predict_task(
     predictor, series: PatientSeries, follow_up: FollowUp, out_root: str, model: dict
 ) -> dict:
