@@ -85,9 +85,24 @@ def _coarsen(image: sitk.Image, spacing_mm: float) -> sitk.Image:
 def rigid_align(
     fixed: np.ndarray, grid: Grid, moving: Volume, cfg: PreprocessConfig, seed: int = 0
 ) -> Alignment:
-    """Align ``moving`` (a raw follow-up scan) to ``fixed`` (the baseline reference on ``grid``)."""
-    fixed_img = to_sitk(fixed, grid.affine)
-    moving_img = _coarsen(to_sitk(moving.data, moving.affine), cfg.spacing_mm)
+    """Align ``moving`` (a raw follow-up scan) to ``fixed`` (the baseline reference on ``grid``).
+
+    Raises ``AlignmentFailed`` (one line) when SimpleITK cannot register the pair.
+    """
+    try:
+        return _register(
+            to_sitk(fixed, grid.affine), to_sitk(moving.data, moving.affine), cfg, seed
+        )
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[-1]
+        detail = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", detail)
+        raise AlignmentFailed(f"rigid alignment failed: {detail}") from None
+
+
+def _register(
+    fixed_img: sitk.Image, moving_img: sitk.Image, cfg: PreprocessConfig, seed: int
+) -> Alignment:
+    moving_img = _coarsen(moving_img, cfg.spacing_mm)
     euler = sitk.Euler3DTransform()
     initial = sitk.CenteredTransformInitializer(
         fixed_img, moving_img, euler, sitk.CenteredTransformInitializerFilter.MOMENTS
@@ -110,12 +125,7 @@ def rigid_align(
     reg.SetSmoothingSigmasPerLevel([0.5 * (f - 1) * cfg.spacing_mm for f in cfg.align_levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(euler, inPlace=True)
-    try:
-        reg.Execute(fixed_img, moving_img)
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()[-1]
-        detail = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", detail)
-        raise AlignmentFailed(f"rigid alignment failed: {detail}") from None
+    reg.Execute(fixed_img, moving_img)
     return Alignment(_euler_to_ras(euler), float(-reg.GetMetricValue()))
 
 
