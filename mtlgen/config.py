@@ -238,6 +238,8 @@ class TrainConfig(Section):
     dwa_temperature: float = Field(2.0, gt=0)
     pcgrad: bool = False
     image_gradient_weight: float = Field(0.5, ge=0)
+    image_lesion_weight: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
     affinity_batches: int = Field(2, ge=0, le=1000)
     patience: int = Field(10, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -15,6 +15,15 @@ from mtlgen.progression import STATUSES, progression_status
 INC = DEC = 0.25
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two threads on two shared, busy cores spin and run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _dataset(series, **overrides) -> LongitudinalDataset:
     cfg = DataConfig(**{"augment": False, "mask_dropout": 0.0, **overrides})
     return LongitudinalDataset(series, cfg, INC, DEC, train=True, seed=3)

@@ -17,6 +17,15 @@ from mtlgen.losses.weighting import LossWeighting
 TASKS = ("seg", "future_seg", "progression", "image")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two threads on two shared, busy cores spin and run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_mask_loss_prefers_the_right_segmentation():
     target = torch.zeros(1, 8, 8, 8, dtype=torch.long)
     target[0, 2:5, 2:5, 2:5] = 1
@@ -34,9 +43,20 @@ def test_image_loss_ignores_missing_target_contrasts_and_volume_loss_is_robust()
         "target_present": torch.tensor([[1.0, 0.0]]),
         "target_volume": torch.tensor([[2.0, 3.0]]),
         "status": torch.tensor([0]),
+        "masks": torch.zeros(1, 2, 6, 6, 6, dtype=torch.long),
+        "ref_slot": torch.tensor([1]),
+        "target_mask": torch.zeros(1, 6, 6, 6, dtype=torch.long),
     }
     out = {"image": pred}
     assert float(task_losses(out, batch, ["image"])["image"]) == pytest.approx(0.0, abs=1e-7)
+    # an error inside the lesion region costs more than the same error outside it
+    batch["target_mask"][0, 2, 2, 2] = 1
+    inside, outside = target.clone(), target.clone()
+    inside[0, 0, 2, 2, 2] += 1.0
+    outside[0, 0, 5, 5, 0] += 1.0
+    cost_in = float(task_losses({"image": inside}, batch, ["image"], 0.0)["image"])
+    cost_out = float(task_losses({"image": outside}, batch, ["image"], 0.0)["image"])
+    assert cost_in > cost_out > 0
     near = {
         "log_volume": batch["target_volume"].log1p(),
         "status_logits": torch.tensor([[9.0, 0, -9]]),

@@ -18,7 +18,7 @@ from mtlgen.io.atomic import write_atomic, write_text_atomic
 
 def gradient_cosine(grads: Sequence[torch.Tensor]) -> np.ndarray:
     """[T, T] cosine similarity of flat gradient vectors (0 where a gradient is zero)."""
-    g = torch.stack([x.double() for x in grads])
+    g = torch.stack([x.detach().double().cpu() for x in grads])
     norms = g.norm(dim=1)
     unit = g / norms.clamp_min(1e-30)[:, None]
     cos = (unit @ unit.T).clamp(-1, 1)

@@ -2,7 +2,8 @@
 
 - ``seg`` / ``future_seg``: Dice + cross-entropy (foreground Dice, batch-wise) on masks.
 - ``progression``: Huber loss on log(1 + volume) (core and whole lesion) + status cross-entropy.
-- ``image``: L1 over the contrasts the target has, plus an image-gradient L1 term.
+- ``image``: L1 over the contrasts the target has, plus an image-gradient L1 term, plus the L1
+  inside the (dilated) target or reference lesion, where the change worth predicting is.
 """
 
 from __future__ import annotations
@@ -32,11 +33,21 @@ def image_gradient_l1(
     return total / (pred.dim() - 2)
 
 
+def lesion_region(batch: dict[str, torch.Tensor], dilation: int = 2) -> torch.Tensor:
+    """[B, 1, *S] float: target or reference-visit lesion, dilated by ``dilation`` voxels."""
+    masks, ref = batch["masks"], batch["ref_slot"]
+    ref_mask = masks[torch.arange(masks.shape[0], device=masks.device), ref]
+    region = ((batch["target_mask"] > 0) | (ref_mask > 0)).float()[:, None]
+    pool = F.max_pool3d if region.dim() == 5 else F.max_pool2d
+    return pool(region, 2 * dilation + 1, stride=1, padding=dilation)
+
+
 def task_losses(
     out: dict[str, torch.Tensor],
     batch: dict[str, torch.Tensor],
     tasks: Sequence[str],
     image_gradient_weight: float = 0.5,
+    image_lesion_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Unweighted loss of every task in ``tasks`` (scalars)."""
     losses: dict[str, torch.Tensor] = {}
@@ -57,7 +68,11 @@ def task_losses(
         pred, target = out["image"].float(), batch["target_image"]
         weight = batch["target_present"].reshape(*target.shape[:2], *([1] * (target.dim() - 2)))
         scale = weight.mean().clamp_min(1e-6)
-        l1 = ((pred - target).abs() * weight).mean() / scale
+        error = (pred - target).abs() * weight
         grad = image_gradient_l1(pred, target, weight) / scale
-        losses["image"] = l1 + image_gradient_weight * grad
+        losses["image"] = error.mean() / scale + image_gradient_weight * grad
+        if image_lesion_weight > 0:  # where the lesion is or was: the change worth predicting
+            region = lesion_region(batch)
+            inside = (error * region).sum() / (region.sum() * weight.sum(1).mean()).clamp_min(1)
+            losses["image"] = losses["image"] + image_lesion_weight * inside
     return losses

@@ -152,7 +152,10 @@ class MultiTaskNet(nn.Module):
         feats = self.trunk(x, years, valid, ref)
         out: dict[str, torch.Tensor] = {}
 
-        probs = onehot * gflag  # context lesion maps: given masks, else segmentation
+        # context lesion maps for the other heads: every mask the data has (hidden ones too: the
+        # heads learn from true structure, as at prediction time), else the segmentation
+        known = (batch["mask_present"] & valid).float().reshape(b, k, 1, *ones)
+        probs = onehot * known
         if "seg" in self.tasks:  # decode the visits whose mask is not given
             hidden = (valid & ~given).flatten()
             full = images.new_zeros(b * k, 3, *spatial)
@@ -162,7 +165,7 @@ class MultiTaskNet(nn.Module):
                 full = full.index_put((hidden.nonzero()[:, 0],), decoded.to(full.dtype))
             logits = full.reshape(b, k, 3, *spatial)
             out["seg_logits"], out["seg_decoded"] = logits, hidden.reshape(b, k)
-            probs = torch.where(gflag.bool(), probs, logits.softmax(dim=2))
+            probs = torch.where(known.bool(), probs, logits.softmax(dim=2).float())
             probs = probs * valid.reshape(b, k, 1, *ones)
         ref_probs = _gather(probs, ref)
         vox = batch["voxel_ml"].reshape(b, 1)
@@ -176,14 +179,23 @@ class MultiTaskNet(nn.Module):
             fused = feats["progression"].fused
             prior = trajectory_prior(log_vol, years, valid)
             inputs = torch.cat(
-                [log_vol.flatten(1), years, valid.float(), fused.flatten(2).mean(-1), prior], dim=1
+                [
+                    log_vol.flatten(1),
+                    years,
+                    valid.float(),
+                    fused.flatten(2).mean(-1).float(),
+                    prior,
+                ],
+                dim=1,
             )
-            log_volume = (prior + self.progression_mlp(inputs)).clamp(0.0, MAX_LOG_VOLUME)
+            with torch.autocast(images.device.type, enabled=False):
+                correction = self.progression_mlp(inputs.float())
+            log_volume = (prior + correction).clamp(0.0, MAX_LOG_VOLUME)
             out["log_volume"] = log_volume
             ratio = torch.log(log_volume[:, 0].expm1() + VOLUME_EPS_ML) - torch.log(
                 ref_core + VOLUME_EPS_ML
             )
-            tau = self.log_tau.exp()
+            tau = self.log_tau.exp().clamp(0.05, 5.0)
             up, down = self.thresholds
             out["status_logits"] = torch.stack(
                 [(ratio - up) / tau, torch.zeros_like(ratio), (down - ratio) / tau], dim=1

@@ -279,7 +279,7 @@ def train_model(
     def forward_losses(batch):
         with torch.autocast("cuda", torch.bfloat16) if use_amp else nullcontext():
             out = model(batch)
-        return task_losses(out, batch, tasks, cfg.image_gradient_weight)
+        return task_losses(out, batch, tasks, cfg.image_gradient_weight, cfg.image_lesion_weight)
 
     @torch.no_grad()
     def validate() -> dict[str, float]:
@@ -350,6 +350,8 @@ def train_model(
                         p.grad = torch.zeros_like(p)
                     dist.all_reduce(p.grad)
                     p.grad /= world
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
             for t in tasks:
                 sums[t] += float(losses[t].detach())
