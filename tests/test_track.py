@@ -83,7 +83,7 @@ def test_unreachable_server_fails_fast_with_uri() -> None:
         tracked_run(cfg, "never"),
     ):
         pytest.fail("the body must not run")
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 60  # not MLflow's minutes of retries
 
 
 def test_crashed_run_is_marked_failed_and_clean_run_finished(store) -> None:
@@ -305,12 +305,15 @@ def test_registry_against_real_mlflow_server(tmp_path) -> None:
         assert artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not local
 
 
-def test_stage_run_logs_settings_environment_data_version_and_evaluation(store, tmp_path) -> None:
+def test_stage_run_logs_settings_environment_data_version_and_evaluation(
+    store, tmp_path, monkeypatch
+) -> None:
     from mtlgen.config import Params
     from mtlgen.registry.db import session_scope
     from mtlgen.registry.models import Patient, PatientId
     from mtlgen.track.stage import log_evaluation, stage_run
 
+    monkeypatch.chdir(tmp_path)  # outside any git repo and without dvc.lock
     url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
     with session_scope(url) as s:
         s.add(Patient(pseudonym="p0a1b2c3", baseline_visit="v0", reference="T1w", grid="{}"))
@@ -350,7 +353,7 @@ def test_stage_run_logs_settings_environment_data_version_and_evaluation(store, 
     assert got.data.params["env.torch"] == environment()["torch"]
     assert got.data.params["train.epochs"] == str(params.train.epochs)
     assert got.data.tags["mtlgen.stage"] == "evaluate"
-    assert len(got.data.tags["mtlgen.git_commit"]) in (40, len("unknown"))
+    assert got.data.tags["mtlgen.git_commit"] == "unknown"
     assert got.data.metrics == {"mtl.future.dice_lesion": 0.7}
     names = [a.path for a in mlflow.MlflowClient().list_artifacts(run.run_id, "evaluation")]
     assert names == ["evaluation/metrics.json", "evaluation/summary.md"]
@@ -366,3 +369,21 @@ def test_settings_mask_url_passwords() -> None:
     assert settings_without_secrets(params)["registry"]["url"] == (
         "postgresql+psycopg2://bob:***@127.0.0.1:5432/mtlgen"
     )
+
+
+def test_train_command_fails_fast_on_unreachable_tracking(tmp_path, monkeypatch) -> None:
+    """`mtlgen train` stops before loading data or training: exit 2, the URI in the message."""
+    from typer.testing import CliRunner
+
+    from mtlgen.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml, no registry, no split: nothing to train on
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.perf_counter()
+    result = CliRunner().invoke(
+        app, ["-S", f"tracking.uri={uri}", "-S", "tracking.connect_timeout_s=2", "train"]
+    )
+    assert result.exit_code == 2
+    assert f"tracking.uri {uri}: no MLflow server answered" in result.output
+    assert time.perf_counter() - start < 60  # not MLflow's minutes of retries
+    assert not (tmp_path / "data").exists()
