@@ -380,6 +380,7 @@ def serve(
     from mtlgen.deployments import serve_deployments
     from mtlgen.schedule import deployment_specs
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API poll otherwise
     cfg = config_from(ctx)
     try:
         specs = deployment_specs(cfg, ctx.obj["params"], ctx.obj["overrides"])
