@@ -12,6 +12,7 @@ Conventions (also in docs/evaluation.md):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -71,9 +72,10 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> fl
         return float(np.linalg.norm(np.array(truth.shape) * np.asarray(spacing_mm, dtype=float)))
     box = _bounding_box(pred | truth, margin=1)  # surfaces lie inside: distances unchanged
     metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    return float(
-        metric(_as_batch(pred[box]), _as_batch(truth[box]), spacing=list(spacing_mm))[0, 0]
-    )
+    with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal call
+        warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
+        value = metric(_as_batch(pred[box]), _as_batch(truth[box]), spacing=list(spacing_mm))
+    return float(value[0, 0])
 
 
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
