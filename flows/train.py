@@ -7,6 +7,7 @@ current champion and the baselines on the same test split -> promote by the vers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -71,14 +72,10 @@ def evaluate_task(params_file: str, overrides: list[str], candidate: str) -> dic
 
     params = load_params(params_file, overrides)
     with tempfile.TemporaryDirectory(prefix="mtlgen-champion-") as tmp:
-        extra = [f"evaluate.checkpoints={{candidate: {candidate}}}"]
-        champion = ""
-        try:
-            folder, champion = download_checkpoint(params.tracking, tmp, CHAMPION)
-            extra = [f"evaluate.checkpoints={{candidate: {candidate}, champion: {folder}}}"]
-        except LookupError:
-            pass  # no champion yet
-        params = load_params(params_file, [*overrides, *extra])
+        checkpoints, champion = {"candidate": Path(candidate)}, ""
+        with contextlib.suppress(LookupError):  # no champion yet
+            checkpoints["champion"], champion = download_checkpoint(params.tracking, tmp, CHAMPION)
+        params.evaluate.checkpoints = checkpoints  # validated on assignment
         out_dir = params.evaluate.out_dir
         with stage_run(
             params,
