@@ -204,3 +204,17 @@ def test_predictor_answers_the_protocol_for_mtl_and_single_task(tmp_path, tiny_s
             assert pred.core_volume_ml == pytest.approx(
                 lesion_volumes_ml(visits[1].label, 0.064)[0]
             )
+
+
+def test_shape_mask_grows_a_lesion_from_its_reference_shape():
+    reference = np.zeros((9, 9, 9), np.uint8)
+    reference[3:6, 3:6, 3:6] = 1
+    probs = np.full((3, 9, 9, 9), 1 / 3)  # an uninformed network
+    grown = shape_mask(
+        probs, core_ml=40 * 0.001, lesion_ml=40 * 0.001, vox_ml=0.001, reference=reference
+    )
+    assert (grown == 1).sum() == 40 and (grown[reference == 1] == 1).all()
+    ring = (grown == 1) & (reference == 0)
+    assert np.argwhere(ring).min() >= 2 and np.argwhere(ring).max() <= 6  # grows at its border
+    shrunk = shape_mask(probs, 10 * 0.001, 10 * 0.001, 0.001, reference)
+    assert (shrunk == 1).sum() == 10 and (reference[shrunk == 1] == 1).all()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 
 from mtlgen.data.dataset import encode_context, lesion_volumes_ml, reference_slot, voxel_ml
 from mtlgen.data.series import VisitArrays
@@ -37,10 +38,28 @@ def _top(score: np.ndarray, count: int) -> np.ndarray:
     return mask.reshape(score.shape)
 
 
-def shape_mask(probs: np.ndarray, core_ml: float, lesion_ml: float, vox_ml: float) -> np.ndarray:
-    """Label map from class probabilities [3, *S] sized to the given volumes (uint8)."""
-    core = _top(probs[1], round(core_ml / vox_ml))
-    lesion_score = np.where(core, np.inf, probs[1] + probs[2])
+def shape_mask(
+    probs: np.ndarray,
+    core_ml: float,
+    lesion_ml: float,
+    vox_ml: float,
+    reference: np.ndarray | None = None,
+    sigma_vox: float = 1.5,
+) -> np.ndarray:
+    """Label map sized to the given volumes (uint8) from class probabilities [3, *S].
+
+    With a ``reference`` label (the last observed mask), voxels are ranked first by being in
+    the reference lesion, then by nearness to it (Gaussian-smoothed mask), then by the
+    predicted probability: a growing lesion keeps its shape and grows at its border, a
+    shrinking one keeps its most likely part.
+    """
+    core_score, lesion_score = probs[1].copy(), probs[1] + probs[2]
+    if reference is not None:
+        for score, mask in ((core_score, reference == 1), (lesion_score, reference > 0)):
+            near = gaussian_filter(mask.astype(np.float32), sigma_vox)
+            score += 2.0 * mask + near
+    core = _top(core_score, round(core_ml / vox_ml))
+    lesion_score = np.where(core, np.inf, lesion_score)
     lesion = _top(lesion_score, round(max(lesion_ml, core_ml) / vox_ml))
     label = np.zeros(probs.shape[1:], np.uint8)
     label[lesion] = 2
@@ -104,7 +123,7 @@ class ModelPredictor:
         elif "future_seg" in tasks:
             probs = out["future_logits"][0].float().softmax(0).cpu().numpy()
             label = (
-                shape_mask(probs, volumes[0], volumes[1], vox)
+                shape_mask(probs, volumes[0], volumes[1], vox, ref_label)
                 if volumes is not None
                 else probs.argmax(0).astype(np.uint8)
             )
