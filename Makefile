@@ -13,9 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-## demo: set up and run the whole pipeline end to end on the embedded demo data
+## demo: set up and run the whole pipeline end to end on the embedded demo data:
+## synthesise the cohort, then one Prefect run of longitudinal_pipeline (register -> train ->
+## evaluate -> promote -> predict). The demo visits lie in 2018-2025: --as-of picks a date at
+## which some patients' follow-ups are due.
+DEMO_AS_OF ?= 2022-03-01
 demo: $(STAMP)
-	$(BIN)/mtlgen demo
+	$(BIN)/mtlgen synth --preview
+	$(BIN)/python -m flows.pipeline --as-of $(DEMO_AS_OF) -S flows.predict_window_days=45
 
 ## test: set up and run the default (fast) test suite
 test: $(STAMP)

@@ -107,18 +107,6 @@ def show(
     typer.echo(f"preview: {preview_patient(cohort, patient, target)}")
 
 
-@app.command()
-def demo(ctx: typer.Context) -> None:
-    """Run the whole pipeline end to end on the embedded demo data (see README)."""
-    from mtlgen.synth.cohort import write_cohort
-    from mtlgen.synth.preview import preview_patient
-
-    cfg = config_from(ctx)
-    summary = write_cohort(cfg.synth, cfg.seed)
-    png = preview_patient(summary.out_dir, "001", summary.out_dir / "preview.png")
-    typer.echo(f"demo cohort: {summary.patients} patients, {summary.visits} visits -> {png}")
-
-
 _MAX_EXIT = 100
 
 
