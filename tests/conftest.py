@@ -5,6 +5,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mtlgen.config import SynthConfig
 from mtlgen.data.series import PatientSeries, VisitVolumes
@@ -12,6 +13,16 @@ from mtlgen.io.nifti import save_nifti
 from mtlgen.synth.cohort import write_cohort
 
 SYNTH_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: two threads on two shared, busy cores spin and run
+    several times slower (CPU-bound model tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

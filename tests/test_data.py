@@ -15,13 +15,7 @@ from mtlgen.progression import STATUSES, progression_status
 INC = DEC = 0.25
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two threads on two shared, busy cores spin and run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dataset(series, **overrides) -> LongitudinalDataset:

@@ -18,14 +18,10 @@ import boto3
 import nibabel
 import pytest
 
+from tests.support import free_port
+
 BIN = Path(sys.executable).parent
 BUCKET = "mtlgen-dvc"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

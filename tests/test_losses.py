@@ -17,13 +17,7 @@ from mtlgen.losses.weighting import LossWeighting
 TASKS = ("seg", "future_seg", "progression", "image")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two threads on two shared, busy cores spin and run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_mask_loss_prefers_the_right_segmentation():

@@ -20,13 +20,7 @@ from mtlgen.models.sharing import HardTrunk, MtanTrunk, SoftTrunk
 SMALL = {"features": (4, 8, 16), "time_dim": 8, "heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two threads on two shared, busy cores spin and run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from mtlgen.registry.db import session_scope
 from mtlgen.registry.models import Patient, Rejection, Result, Scan
 from mtlgen.registry.register import register_source
 from mtlgen.registry.series import load_series
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,6 @@ def _pg_bin() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def postgres_url():
     root = Path(tempfile.mkdtemp(prefix="mtlgen-pg-"))
     if user:
         os.chown(root, user.pw_uid, user.pw_gid)
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     as_user = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
     subprocess.run(
         [bindir / "initdb", "-D", data, "-U", "mtlgen", "--auth=trust", "-E", "UTF8"],

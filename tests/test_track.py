@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from mtlgen.track.registry import (
     register_checkpoint,
 )
 from mtlgen.track.run import TrackingUnavailable, check_reachable, tracked_run
+from tests.support import free_port
 
 PRIMARY = {"dice": "max", "volume_mae": "min"}
 
@@ -56,12 +56,6 @@ class TinyConv3d(torch.nn.Module):
 def make_checkpoint(directory: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     return save_checkpoint(directory, TinyConv3d(4), {"channels": 4}, {"seed": seed})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
