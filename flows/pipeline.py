@@ -17,8 +17,8 @@ from flows.predict import predict_follow_ups
 from flows.register import register_scan_series
 from flows.runtime import load_params
 from flows.train import train_evaluate_promote
-from mtlgen.register_report import PatientOutcome, summary_line
-from mtlgen.retraining import (
+from mtlgen.orchestration.register_report import PatientOutcome, summary_line
+from mtlgen.orchestration.retraining import (
     RetrainDecision,
     champion_training_visits,
     retrain_decision,

@@ -20,8 +20,14 @@ from prefect.cache_policies import NO_CACHE
 from flows.runtime import load_params
 from mtlgen.config import Params
 from mtlgen.data.series import PatientSeries
-from mtlgen.followup import FollowUp, due_follow_ups, follow_up_at, next_visit_due, visit_dates
 from mtlgen.ids import check_token
+from mtlgen.orchestration.followup import (
+    FollowUp,
+    due_follow_ups,
+    follow_up_at,
+    next_visit_due,
+    visit_dates,
+)
 
 ARTIFACT_KEY = "follow-up-predictions"
 
@@ -48,8 +54,8 @@ def predict_task(
     predictor, series: PatientSeries, follow_up: FollowUp, out_root: str, model: dict
 ) -> dict:
     """Predict one patient's follow-up; return its summary row and a PNG thumbnail (base64)."""
+    from mtlgen.orchestration.thumbnail import thumbnail_png
     from mtlgen.predict import predict_followups
-    from mtlgen.thumbnail import thumbnail_png
 
     out_dir = Path(out_root) / f"{follow_up.due.isoformat()}_{follow_up.patient}"
     days_ahead = follow_up.target_days - series.visits[-1].days

@@ -20,7 +20,7 @@ from flows.runtime import load_params, task_runner
 from mtlgen.config import Params
 from mtlgen.ids import InvalidIdentifier, check_token
 from mtlgen.io.sources import PatientSource, discover
-from mtlgen.register_report import (
+from mtlgen.orchestration.register_report import (
     PatientOutcome,
     outcome_of,
     redact,

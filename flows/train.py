@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.runtime import load_params
-from mtlgen.retraining import (
+from mtlgen.orchestration.retraining import (
     VISITS_ARTIFACT,
     load_visit_keys,
     record_training_visits,

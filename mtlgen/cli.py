@@ -339,8 +339,8 @@ def schedule(
     as its parameters. Needs PREFECT_API_URL (a `prefect server start`); run it from the
     project folder (with flows/), then start a worker: `prefect worker start --pool POOL`.
     """
-    from mtlgen.deployments import apply_deployments
-    from mtlgen.schedule import deployment_specs
+    from mtlgen.orchestration.deployments import apply_deployments
+    from mtlgen.orchestration.schedule import deployment_specs
 
     cfg = config_from(ctx)
     try:
@@ -365,8 +365,8 @@ def serve(
     Without PREFECT_API_URL it talks to a local Prefect server (`prefect server start`); run
     it from the project folder (with flows/).
     """
-    from mtlgen.deployments import serve_deployments
-    from mtlgen.schedule import deployment_specs
+    from mtlgen.orchestration.deployments import serve_deployments
+    from mtlgen.orchestration.schedule import deployment_specs
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API poll otherwise
     cfg = config_from(ctx)

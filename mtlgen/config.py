@@ -279,7 +279,7 @@ class FlowsConfig(Section):
     @field_validator("schedules")
     @classmethod
     def _crons(cls, schedules: dict[str, str]) -> dict[str, str]:
-        from mtlgen.cron import check_cron
+        from mtlgen.orchestration.cron import check_cron
 
         return {name: check_cron(expr) for name, expr in schedules.items()}
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from mtlgen.config import ConfigError, load_config
-from mtlgen.cron import check_cron
 from mtlgen.data.series import PatientSeries, VisitVolumes
-from mtlgen.followup import due_follow_ups, follow_up_at, next_visit_due
 from mtlgen.io.sources import PatientSource, ScanSource, VisitSource
-from mtlgen.register_report import PatientOutcome, redact, summary_line
-from mtlgen.retraining import (
+from mtlgen.orchestration.cron import check_cron
+from mtlgen.orchestration.followup import due_follow_ups, follow_up_at, next_visit_due
+from mtlgen.orchestration.register_report import PatientOutcome, redact, summary_line
+from mtlgen.orchestration.retraining import (
     load_visit_keys,
     retrain_decision,
     save_visit_keys,

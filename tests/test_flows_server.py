@@ -1,6 +1,6 @@
 """Scale-out, end to end: a real ``prefect server start`` on 127.0.0.1, a process work pool, a
-deployment of ``longitudinal_pipeline`` made by ``mtlgen.deployments``, a run triggered through
-the API and executed by a real ``prefect worker``; everything started is stopped by process group.
+deployment of ``longitudinal_pipeline`` made by ``orchestration.deployments``, a run triggered
+through the API and executed by a real ``prefect worker``; all it starts is stopped by group.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def test_deployment_runs_on_a_worker(prefect_server, tmp_path, motion_cohort):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from mtlgen.config import load_config
-    from mtlgen.deployments import apply_deployments
-    from mtlgen.schedule import deployment_specs
+    from mtlgen.orchestration.deployments import apply_deployments
+    from mtlgen.orchestration.schedule import deployment_specs
     from tests.test_flows import pipeline_params
 
     params_file = pipeline_params(tmp_path, motion_cohort)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mtlgen.config import load_config
-from mtlgen.schedule import ENTRYPOINTS, deployment_specs
+from mtlgen.orchestration.schedule import ENTRYPOINTS, deployment_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_every_entrypoint_is_a_flow_with_validated_parameters():
 
 
 def test_runner_deployments_carry_cron_timezone_and_pool(tmp_path):
-    from mtlgen.deployments import runner_deployments
+    from mtlgen.orchestration.deployments import runner_deployments
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"flows": {"timezone": "UTC"}}))

@@ -1,4 +1,4 @@
-"""The one Prefect-importing module of the library: deployments from ``mtlgen.schedule`` specs.
+"""The one Prefect-importing module of the library: deployments from ``schedule`` specs.
 
 ``serve_deployments`` runs them from this process (small sites, no work pool); ``apply_deployments``
 registers them with a Prefect server for a work pool whose workers run them
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mtlgen.schedule import DeploymentSpec
+from mtlgen.orchestration.schedule import DeploymentSpec
 
 
 def _project(project: Path | str) -> Path:

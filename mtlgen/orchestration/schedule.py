@@ -1,6 +1,6 @@
 """Scheduled deployments as plain data: which flow, when (cron + time zone), with which settings.
 
-``deployment_specs`` turns ``flows.schedules`` into one spec per flow; ``mtlgen.deployments``
+``deployment_specs`` turns ``flows.schedules`` into one spec per flow; ``deployments``
 hands them to Prefect (``mtlgen schedule`` / ``mtlgen serve``). Each deployment passes the
 absolute settings file and the ``-S`` overrides as flow parameters, so a scheduled run validates
 the same params.yaml as the CLI.
