@@ -190,7 +190,7 @@ def plot_montage(truth: CaseTruth, predictions: dict[str, Prediction], path: Pat
     axes[0, 0].set_ylabel(contrast)
     axes[1, 0].set_ylabel("label (cyan: changing region)")
     axes[2, 0].set_ylabel("|prediction − truth|")
-    fig.colorbar(err, ax=axes[2, :].tolist(), shrink=0.8)
+    fig.colorbar(err, ax=axes.ravel().tolist(), shrink=0.3)  # all rows keep one width
     fig.suptitle(f"{truth.case_id}", fontsize=9)
     return _save(fig, path)
 
