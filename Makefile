@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 ## which some patients' follow-ups are due.
 DEMO_AS_OF ?= 2022-03-01
 demo: $(STAMP)
-	$(BIN)/mtlgen synth --preview
+	$(BIN)/mtlgen synth
+	$(BIN)/mtlgen show data/raw/demo --patient 001 --out data/reports/demo-patient.png
 	$(BIN)/python -m flows.pipeline --as-of $(DEMO_AS_OF) -S flows.predict_window_days=45
 
 ## test: set up and run the default (fast) test suite
