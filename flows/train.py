@@ -28,18 +28,9 @@ from mtlgen.orchestration.retraining import (
 @task(name="split")
 def split_task(params_file: str, overrides: list[str]) -> str:
     """Assign the registry's patients to train/val/test; return the split file."""
-    from mtlgen.data.splits import make_split, save_split
-    from mtlgen.registry.series import load_series
+    from mtlgen.data.splits import split_registry
 
-    params = load_params(params_file, overrides)
-    patients = [
-        s.patient for s in load_series(params.registry.url, params.registry.sqlite_timeout_s)
-    ]
-    if not patients:
-        raise ValueError(f"registry {params.registry.url} has no patients: register scans first")
-    data = params.data
-    split = make_split(patients, data.val_fraction, data.test_fraction, params.seed)
-    return str(save_split(split, data.split_file))
+    return str(split_registry(load_params(params_file, overrides))[1])
 
 
 @task(name="train")
@@ -66,9 +57,8 @@ def train_task(params_file: str, overrides: list[str]) -> dict[str, str]:
 def evaluate_task(params_file: str, overrides: list[str], candidate: str) -> dict[str, str]:
     """Evaluate the candidate, the current champion (if any) and the baselines on the split's
     test patients; return the metrics file and the champion version it was compared with."""
-    from mtlgen.evaluate.pipeline import evaluate_from_params
     from mtlgen.track.registry import CHAMPION, download_checkpoint
-    from mtlgen.track.stage import log_evaluation, stage_run
+    from mtlgen.track.stage import evaluate_tracked
 
     params = load_params(params_file, overrides)
     with tempfile.TemporaryDirectory(prefix="mtlgen-champion-") as tmp:
@@ -76,16 +66,8 @@ def evaluate_task(params_file: str, overrides: list[str], candidate: str) -> dic
         with contextlib.suppress(LookupError):  # no champion yet
             checkpoints["champion"], champion = download_checkpoint(params.tracking, tmp, CHAMPION)
         params.evaluate.checkpoints = checkpoints  # validated on assignment
-        out_dir = params.evaluate.out_dir
-        with stage_run(
-            params,
-            "evaluate",
-            [params.preprocess.out_dir, params.data.split_file],
-            params.data.split_file,
-        ) as run:
-            evaluate_from_params(params, out_dir, progress=False)
-            log_evaluation(run, Path(out_dir))
-    return {"metrics": str(Path(out_dir) / "metrics.json"), "champion": champion}
+        evaluate_tracked(params, progress=False)
+    return {"metrics": str(params.evaluate.out_dir / "metrics.json"), "champion": champion}
 
 
 @task(name="promote")
@@ -94,20 +76,13 @@ def promote_task(
 ) -> dict:
     """Apply the promotion rule to the candidate (after recording the champion's numbers on the
     same split, so both sides are compared on equal terms)."""
-    from mtlgen.evaluate.run import primary_scores
-    from mtlgen.track.promotion import promote
+    from mtlgen.track.promotion import promote_evaluated
 
     params = load_params(params_file, overrides)
     evaluation = json.loads(Path(metrics).read_text())
-    split_sha = evaluation["meta"]["split_sha256"]
-    primary = {m.metric: m.direction for m in params.evaluate.primary_metrics}
     if champion and champion != candidate_version:
-        scores = primary_scores(evaluation, "champion", params.evaluate)
-        promote(params.tracking, scores, primary, split_sha, champion, source=metrics)
-    scores = primary_scores(evaluation, "candidate", params.evaluate)
-    decision = promote(
-        params.tracking, scores, primary, split_sha, candidate_version, source=metrics
-    )
+        promote_evaluated(params, evaluation, "champion", champion, source=metrics)
+    decision = promote_evaluated(params, evaluation, "candidate", candidate_version, metrics)
     return decision.to_dict()
 
 

@@ -214,16 +214,14 @@ def split(
     Assignment is by a seeded hash of the pseudonym, so patients added later never move the
     ones already assigned. The JSON file is meant to be tracked by DVC.
     """
-    from mtlgen.data.splits import make_split, save_split
-    from mtlgen.registry.series import load_series
+    from mtlgen.data.splits import split_registry
 
     cfg = config_from(ctx)
-    patients = [s.patient for s in load_series(cfg.registry.url)]
-    if not patients:
-        typer.echo(f"error: registry {cfg.registry.url} has no patients (run register)", err=True)
-        raise typer.Exit(2)
-    result = make_split(patients, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
-    path = save_split(result, out or cfg.data.split_file)
+    try:
+        result, path = split_registry(cfg, out)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(
         f"split: {len(result.train)} train, {len(result.val)} val, {len(result.test)} test "
         f"-> {path}"
@@ -300,24 +298,13 @@ def evaluate(
             raise typer.Exit(2)
         ctx.obj["overrides"].append(f"evaluate.checkpoints.{name}={folder}")
     cfg = config_from(ctx)
-    from mtlgen.evaluate.pipeline import check_inputs, evaluate_from_params
+    from mtlgen.evaluate.pipeline import check_inputs
     from mtlgen.track.run import TrackingUnavailable
-    from mtlgen.track.stage import log_evaluation, stage_run
+    from mtlgen.track.stage import evaluate_tracked
 
     try:
         check_inputs(cfg)  # before a tracked run is opened
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    inputs = [
-        cfg.preprocess.out_dir,
-        cfg.data.split_file,
-        *map(str, cfg.evaluate.checkpoints.values()),
-    ]
-    try:
-        with stage_run(cfg, "evaluate", inputs, cfg.data.split_file) as run:
-            result = evaluate_from_params(cfg, out)
-            log_evaluation(run, Path(out or cfg.evaluate.out_dir))
+        result = evaluate_tracked(cfg, out)
     except (FileNotFoundError, ValueError, TrackingUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -412,9 +399,8 @@ def promote(
     """
     import json
 
-    from mtlgen.evaluate.run import primary_scores
     from mtlgen.io.atomic import write_text_atomic
-    from mtlgen.track.promotion import promote as apply_rule
+    from mtlgen.track.promotion import promote_evaluated
     from mtlgen.track.run import TrackingUnavailable
     from mtlgen.track.stage import registered_version
 
@@ -426,15 +412,7 @@ def promote(
         if ref is None:
             registered = registered_version(checkpoint or cfg.train.out_dir / "best")
             ref = registered["version"] if registered else "candidate"
-        primary = {m.metric: m.direction for m in cfg.evaluate.primary_metrics}
-        decision = apply_rule(
-            cfg.tracking,
-            primary_scores(evaluation, predictor, cfg.evaluate),
-            primary,
-            evaluation["meta"]["split_sha256"],
-            ref,
-            source=str(path),
-        )
+        decision = promote_evaluated(cfg, evaluation, predictor, ref, source=str(path))
     except FileNotFoundError:
         typer.echo(f"error: {path}: not found (run `mtlgen evaluate` first)", err=True)
         raise typer.Exit(2) from None

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mtlgen.config import Params
 from mtlgen.io.atomic import write_text_atomic
 
 SPLITS = ("train", "val", "test")
@@ -81,3 +82,15 @@ def load_split(path: Path | str) -> Split:
                 raise ValueError(f"{path}: patient {patient!r} is in both {seen[patient]} and {name}")
             seen[patient] = name
     return split
+
+
+def split_registry(params: Params, path: Path | str | None = None) -> tuple[Split, Path]:
+    """Split the registry's patients by ``params.data`` and save it (default ``data.split_file``)."""
+    from mtlgen.registry.series import load_series
+
+    patients = [s.patient for s in load_series(params.registry.url, params.registry.sqlite_timeout_s)]
+    if not patients:
+        raise ValueError(f"registry {params.registry.url} has no patients: register scans first")
+    data = params.data
+    split = make_split(patients, data.val_fraction, data.test_fraction, params.seed)
+    return split, save_split(split, path or data.split_file)

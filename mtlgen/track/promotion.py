@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from mtlgen.config import TrackingConfig
+from mtlgen.config import Params, TrackingConfig
 from mtlgen.track.logger import flatten
 from mtlgen.track.registry import CANDIDATE, CHAMPION, resolve_version
 from mtlgen.track.run import tracked_run
@@ -176,3 +176,16 @@ def promote(
         client.set_registered_model_alias(name, CHAMPION, version)
     log.info("%s v%s: %s (%s)", name, version, "promoted" if promoted else "not promoted", reason)
     return decision
+
+
+def promote_evaluated(
+    params: Params, evaluation: Mapping[str, Any], predictor: str, ref: str, source: str
+) -> Decision:
+    """Apply the rule to model version ``ref`` with the primary metrics that ``predictor`` scored
+    in ``evaluation`` (a ``metrics.json`` of ``mtlgen evaluate``), on that evaluation's split."""
+    from mtlgen.evaluate.run import primary_scores
+
+    primary = {m.metric: m.direction for m in params.evaluate.primary_metrics}
+    scores = primary_scores(dict(evaluation), predictor, params.evaluate)
+    split_sha = evaluation["meta"]["split_sha256"]
+    return promote(params.tracking, scores, primary, split_sha, ref, source=source)

@@ -129,3 +129,19 @@ def train_and_register(
         if run is not None:
             version = register_trained(run, params, result.checkpoint_dir, params.train.task)
     return result, version
+
+
+def evaluate_tracked(params: Params, out_dir: Path | str | None = None, progress: bool = True):
+    """``evaluate_from_params`` inside a tracked ``evaluate`` run; the metrics are logged too."""
+    from mtlgen.evaluate.pipeline import evaluate_from_params
+
+    out_dir = Path(out_dir or params.evaluate.out_dir)
+    inputs = [
+        params.preprocess.out_dir,
+        params.data.split_file,
+        *map(str, params.evaluate.checkpoints.values()),
+    ]
+    with stage_run(params, "evaluate", inputs, params.data.split_file) as run:
+        result = evaluate_from_params(params, out_dir, progress=progress)
+        log_evaluation(run, out_dir)
+    return result
