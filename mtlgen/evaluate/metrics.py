@@ -204,10 +204,3 @@ def region_nanmean(values: np.ndarray, region: np.ndarray) -> float:
     inside = values[region]
     inside = inside[~np.isnan(inside)]
     return float(inside.mean()) if inside.size else float("nan")
-
-
-def region_ssim(
-    pred: np.ndarray, truth: np.ndarray, region: np.ndarray, data_range: float, window: int
-) -> float:
-    """Mean local SSIM (``ssim_map``) over the voxels of ``region`` where it is defined."""
-    return region_nanmean(ssim_map(pred, truth, data_range, window), region)
