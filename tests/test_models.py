@@ -13,7 +13,7 @@ from mtlgen.config import DataConfig
 from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
 from mtlgen.data.series import load_visit
 from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
-from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image, trajectory_prior
+from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
 from mtlgen.models.predictor import load_predictor, shape_mask
 from mtlgen.models.sharing import HardTrunk, MtanTrunk, SoftTrunk
 
@@ -126,19 +126,6 @@ def test_target_time_conditions_the_prediction(batch):
         b = net(shifted)
     assert not torch.allclose(a["image"], b["image"])
     assert not torch.allclose(a["log_volume"], b["log_volume"])
-
-
-def test_trajectory_prior_extrapolates_and_interpolates_log_volume():
-    log_vol = torch.tensor([[[1.0, 2.0], [2.0, 3.0], [0.0, 0.0]]])
-    valid = torch.tensor([[True, True, False]])
-    future = trajectory_prior(log_vol, torch.tensor([[-2.0, -1.0, 0.0]]), valid)
-    assert future.tolist() == [[3.0, 4.0]]  # slope 1 per year, one year on
-    between = trajectory_prior(log_vol, torch.tensor([[-0.5, 0.5, 0.0]]), valid)
-    assert between.tolist() == [[1.5, 2.5]]
-    single = trajectory_prior(
-        log_vol, torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([[True, False, False]])
-    )
-    assert single.tolist() == [[1.0, 2.0]]
 
 
 def test_reference_image_takes_the_latest_visit_that_has_the_contrast():

@@ -49,7 +49,8 @@ from mtlgen.progression import Status, progression_status
 log = logging.getLogger(__name__)
 
 # future / reconstruction: ``enumerate_samples``; current: segment an observed visit whose
-# label (and the labels of its context) the predictor does not see
+# label the predictor does not see, given the labels of the visits before it (the first visit
+# of a series is segmented from its images alone)
 KINDS: tuple[str, ...] = ("future", "reconstruction", "current")
 # every metric in metrics.json and whether larger ("max") or smaller ("min") is better
 METRICS: dict[str, str] = {
@@ -211,8 +212,8 @@ def case_specs(
     patient: PatientSeries, max_context: int, reconstruction: bool
 ) -> list[tuple[str, tuple[int, ...], int]]:
     """(kind, context indices, target index) of every case of one patient: the samples of
-    ``enumerate_samples``, then one ``current`` case per labelled visit (context: that visit
-    and the visits before it, up to ``max_context``)."""
+    ``enumerate_samples``, then one ``current`` case per labelled visit (context: that visit,
+    its label hidden, and the visits before it, up to ``max_context``)."""
     specs = [
         (s.kind, s.context, s.target)
         for s in enumerate_samples(patient, max_context, reconstruction)
@@ -237,8 +238,8 @@ def _cases(
                 if i not in loaded:
                     loaded[i] = load_visit(patient.visits[i])
             context = [loaded[i] for i in context_idx]
-            if kind == "current":  # labels hidden: the predictor has to segment
-                context = [replace(v, label=None) for v in context]
+            if kind == "current":  # its label hidden: the predictor has to segment it
+                context[-1] = replace(context[-1], label=None)
             yield case_truth(patient.patient, kind, context, loaded[target], cfg, progression)
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
+from mtlgen.models.priors import dilate
+
 _DICE_CE = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
 
 
@@ -38,8 +40,7 @@ def lesion_region(batch: dict[str, torch.Tensor], dilation: int = 2) -> torch.Te
     masks, ref = batch["masks"], batch["ref_slot"]
     ref_mask = masks[torch.arange(masks.shape[0], device=masks.device), ref]
     region = ((batch["target_mask"] > 0) | (ref_mask > 0)).float()[:, None]
-    pool = F.max_pool3d if region.dim() == 5 else F.max_pool2d
-    return pool(region, 2 * dilation + 1, stride=1, padding=dilation)
+    return dilate(region, dilation)
 
 
 def task_losses(

@@ -40,40 +40,46 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """UNet decoder: upsample, concatenate the skip, residual unit; then back to the input
-    resolution, where ``extra`` full-resolution channels join before a small output head."""
+    """UNet decoder: upsample, concatenate the skip, residual unit; the finest features are
+    interpolated back to the input resolution for the task heads."""
 
-    def __init__(
-        self, spatial_dims: int, features: Sequence[int], out_channels: int, extra_channels: int = 0
-    ) -> None:
+    def __init__(self, spatial_dims: int, features: Sequence[int]) -> None:
         super().__init__()
         f = list(features)
         self.stages = nn.ModuleList(
             ResidualUnit(spatial_dims, f[i + 1] + f[i], f[i], subunits=1, norm="instance")
             for i in reversed(range(len(f) - 1))
         )
-        self.extra_channels = extra_channels
-        self.head = nn.Sequential(
-            Convolution(spatial_dims, f[0] + extra_channels, f[0], norm="instance"),
-            Convolution(spatial_dims, f[0], out_channels, kernel_size=1, conv_only=True),
-        )
 
     def forward(
-        self,
-        bottleneck: torch.Tensor,
-        skips: Sequence[torch.Tensor],
-        extra: torch.Tensor | None,
-        size: Sequence[int],
+        self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor], size: Sequence[int]
     ) -> torch.Tensor:
         x = bottleneck
         for stage, skip in zip(self.stages, reversed(skips), strict=True):
             x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
             x = stage(torch.cat([x, skip], dim=1))
         mode = "trilinear" if x.dim() == 5 else "bilinear"
-        x = F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
-        if self.extra_channels:
-            x = torch.cat([x, extra], dim=1)
-        return self.head(x)
+        return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+class PointwiseHead(nn.Module):
+    """Task output at full resolution from decoder features and ``extra`` full-resolution
+    channels: 1x1 convolutions (full-resolution 3x3 convolutions would cost most of a CPU step,
+    and the decoder features already carry the spatial context)."""
+
+    def __init__(
+        self, spatial_dims: int, channels: int, out_channels: int, extra_channels: int = 0
+    ) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            Convolution(
+                spatial_dims, channels + extra_channels, channels, kernel_size=1, norm="instance"
+            ),
+            Convolution(spatial_dims, channels, out_channels, kernel_size=1, conv_only=True),
+        )
+
+    def forward(self, features: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        return self.layers(features if extra is None else torch.cat([features, extra], dim=1))
 
 
 class TimeEmbedding(nn.Module):

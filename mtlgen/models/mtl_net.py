@@ -1,19 +1,22 @@
 """The spatio-temporal multi-task network.
 
 Context visits (contrasts + presence flags + mask one-hot where a mask is given) pass a
-trunk (``mtlgen.models.sharing``) that fuses them over time at the target date. Task heads
-share the problem's structure:
+trunk (``mtlgen.models.sharing``) that fuses them over time at the target date. Each head
+corrects a closed-form prior (``mtlgen.models.priors``), so the network starts from what a
+careful reader would guess and learns what the data add:
 
-- ``seg``: segments every context visit whose mask is not given; its soft volume feeds the
-  progression head and its lesion map guides the other heads.
-- ``progression``: the log-volume trajectory through the two context visits nearest the
-  target plus a learned correction (zero at start), giving core and whole-lesion volume at
-  the target; status logits are a soft version of the volumetric rule, so status
-  cross-entropy trains the volume.
-- ``future_seg``: decodes the target mask from the fused features, the reference mask and
-  the predicted log-volume change; at inference it is sized by the predicted volumes.
-- ``image``: reference image + residual, gated by a learned gate and by the (dilated) region
-  where the lesion is or will be, so that change is zero elsewhere.
+- ``seg``: segments every context visit whose mask is not given, seeing the given mask of the
+  visit nearest in time (if any); its soft volume feeds the progression head and its lesion
+  map guides the other heads.
+- ``progression``: a learned, per-case blend of three extrapolations of core and whole-lesion
+  volume to the target date (least-squares line, log-linear fit, the reference visit's volume),
+  starting as the line; a blend stays within what the visits support. Status logits are a
+  soft version of the volumetric rule, so status cross-entropy trains the volume too.
+- ``future_seg``: decodes the target mask from the fused features, the reference mask and the
+  predicted log-volume change; at inference it is sized by the predicted volumes.
+- ``image``: the reference image changed where the labels change, each class taking the
+  intensity it has on the patient's reference scan, plus a learned residual gated to the
+  (dilated) region where the lesion is or will be, so that change is zero elsewhere.
 """
 
 from __future__ import annotations
@@ -25,8 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlgen.models.blocks import Decoder
+from mtlgen.models.blocks import Decoder, PointwiseHead
 from mtlgen.models.checkpoint import register_architecture
+from mtlgen.models.priors import (
+    class_mean_change,
+    dilate,
+    line_at_target,
+    mask_logits,
+    nearest_given_mask,
+    prior_probs,
+)
 from mtlgen.models.sharing import build_trunk
 
 TASKS = ("seg", "future_seg", "progression", "image")
@@ -49,22 +60,6 @@ def reference_image(images: torch.Tensor, present: torch.Tensor, ref: torch.Tens
     pick = score.argmax(dim=1)  # [B, C]
     idx = pick.reshape(b, 1, -1, *([1] * (images.dim() - 3))).expand(b, 1, *images.shape[2:])
     return images.gather(1, idx)[:, 0]
-
-
-def trajectory_prior(
-    log_vol: torch.Tensor, years: torch.Tensor, valid: torch.Tensor
-) -> torch.Tensor:
-    """Log-volume at the target (t = 0) on the line through the two valid visits nearest in
-    time (inter- or extrapolation); a single visit gives a constant. [B, K, V] -> [B, V]."""
-    dist = years.abs().masked_fill(~valid, float("inf"))
-    order = dist.argsort(dim=1)
-    y1, t1 = _gather(log_vol, order[:, 0]), _gather(years, order[:, 0])
-    if years.shape[1] < 2:
-        return y1
-    y2, t2 = _gather(log_vol, order[:, 1]), _gather(years, order[:, 1])
-    two = _gather(valid, order[:, 1]) & ((t2 - t1).abs() > 1e-3)
-    slope = torch.where(two[:, None], (y2 - y1) / (t2 - t1).masked_fill(~two, 1.0)[:, None], 0.0)
-    return (y1 - t1[:, None] * slope).clamp(0.0, MAX_LOG_VOLUME)
 
 
 @register_architecture("mtl_net")
@@ -110,26 +105,45 @@ class MultiTaskNet(nn.Module):
         )
         f = list(features)
         if "seg" in self.tasks:
-            self.seg_decoder = Decoder(spatial_dims, f, 3)
+            self.seg_decoder = Decoder(spatial_dims, f)
+            self.seg_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=3)
+            self.seg_prior_weight = nn.Parameter(torch.ones(()))  # of the mask prior's logits
+        # decoders of the target-time features: one shared by future_seg and image under hard
+        # sharing (their features are the same), else one per task
+        target = [t for t in ("future_seg", "image") if t in self.tasks]
+        self.decoder_of = {t: "shared" if sharing == "hard" else t for t in target}
+        self.target_decoders = nn.ModuleDict(
+            {key: Decoder(spatial_dims, f) for key in dict.fromkeys(self.decoder_of.values())}
+        )
         if "future_seg" in self.tasks:
-            self.future_decoder = Decoder(spatial_dims, f, 3, extra_channels=4)
+            self.future_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=4)
+            self.future_prior_weight = nn.Parameter(torch.ones(()))
         if "image" in self.tasks:
-            self.image_decoder = Decoder(spatial_dims, f, 2 * n_contrasts, extra_channels=7)
+            self.image_head = PointwiseHead(
+                spatial_dims, f[0], 2 * n_contrasts, extra_channels=7 + n_contrasts
+            )
+            # class intensities (ring, core, edema) for a reference scan without a lesion
+            self.class_intensity = nn.Parameter(torch.full((3, n_contrasts), 0.5))
+            # point spread (voxels) of the label change in the image, learned
+            self.log_blur = nn.Parameter(torch.tensor(math.log(0.75)))
         if "progression" in self.tasks:
-            width = 4 * max_context + f[-1] + 2
+            width = 4 * max_context + f[-1] + 6
             self.progression_mlp = nn.Sequential(
-                nn.Linear(width, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 2)
+                nn.Linear(width, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 6)
             )
             nn.init.zeros_(self.progression_mlp[-1].weight)
-            nn.init.zeros_(self.progression_mlp[-1].bias)
+            with torch.no_grad():  # start as the line: softmax([6, 0, 0]) ~ (0.995, ...)
+                self.progression_mlp[-1].bias.copy_(torch.tensor([6.0, 0.0, 0.0] * 2))
             self.log_tau = nn.Parameter(torch.tensor(math.log(0.25)))
+        if spatial_dims == 3:  # channels-last 3-D convolutions: ~2x faster on CPU (oneDNN)
+            self.to(memory_format=torch.channels_last_3d)
+
+    def blur(self) -> torch.Tensor:
+        """Point spread (voxels) of a label change in the image (``class_mean_change``)."""
+        return self.log_blur.exp().clamp(0.3, 2.0)
 
     def penalty(self) -> torch.Tensor:
         return self.trunk.penalty()
-
-    def _pool(self, x: torch.Tensor, size: int) -> torch.Tensor:
-        pool = F.max_pool3d if self.spatial_dims == 3 else F.max_pool2d
-        return pool(x, size, stride=1, padding=size // 2)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images, present = batch["images"], batch["contrast_present"]
@@ -148,6 +162,8 @@ class MultiTaskNet(nn.Module):
             ],
             dim=2,
         ).flatten(0, 1)
+        if self.spatial_dims == 3:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         years, valid, ref = batch["years"], batch["visit_valid"], batch["ref_slot"]
         feats = self.trunk(x, years, valid, ref)
         out: dict[str, torch.Tensor] = {}
@@ -161,7 +177,12 @@ class MultiTaskNet(nn.Module):
             full = images.new_zeros(b * k, 3, *spatial)
             if hidden.any():
                 f = [v[hidden] for v in feats["seg"].visits]
-                decoded = self.seg_decoder(f[-1], f[:-1], None, spatial)
+                prior = nearest_given_mask(onehot, years, given).flatten(0, 1)[hidden]
+                decoded = self.seg_head(self.seg_decoder(f[-1], f[:-1], spatial), prior)
+                has_prior = prior[:, 2:3]
+                decoded = decoded + self.seg_prior_weight * has_prior * mask_logits(
+                    prior_probs(prior)
+                )
                 full = full.index_put((hidden.nonzero()[:, 0],), decoded.to(full.dtype))
             logits = full.reshape(b, k, 3, *spatial)
             out["seg_logits"], out["seg_decoded"] = logits, hidden.reshape(b, k)
@@ -177,20 +198,28 @@ class MultiTaskNet(nn.Module):
         delta = torch.zeros(b, device=images.device, dtype=images.dtype)
         if "progression" in self.tasks:
             fused = feats["progression"].fused
-            prior = trajectory_prior(log_vol, years, valid)
+            volumes = torch.stack([core, lesion], dim=-1)
+            candidates = torch.stack(  # [B, 2 volumes, 3 extrapolations] in ml
+                [
+                    line_at_target(volumes, years, valid).clamp_min(0.0),
+                    line_at_target(log_vol, years, valid).clamp(0.0, MAX_LOG_VOLUME).expm1(),
+                    _gather(volumes, ref),
+                ],
+                dim=-1,
+            )
             inputs = torch.cat(
                 [
                     log_vol.flatten(1),
                     years,
                     valid.float(),
                     fused.flatten(2).mean(-1).float(),
-                    prior,
+                    candidates.log1p().flatten(1),
                 ],
                 dim=1,
             )
             with torch.autocast(images.device.type, enabled=False):
-                correction = self.progression_mlp(inputs.float())
-            log_volume = (prior + correction).clamp(0.0, MAX_LOG_VOLUME)
+                blend = self.progression_mlp(inputs.float()).reshape(b, 2, 3).softmax(dim=-1)
+            log_volume = (blend * candidates.float()).sum(-1).log1p().clamp(0.0, MAX_LOG_VOLUME)
             out["log_volume"] = log_volume
             ratio = torch.log(log_volume[:, 0].expm1() + VOLUME_EPS_ML) - torch.log(
                 ref_core + VOLUME_EPS_ML
@@ -203,28 +232,33 @@ class MultiTaskNet(nn.Module):
             delta = log_volume[:, 0] - ref_core.log1p()
         delta_map = delta.reshape(b, 1, *ones).expand(b, 1, *spatial)
 
-        def ref_skips(task: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            tf = feats[task]
-            skips = [_gather(v.reshape(b, k, *v.shape[1:]), ref) for v in tf.visits[:-1]]
-            return tf.fused, skips
+        decoded_at_target: dict[str, torch.Tensor] = {}
+
+        def target_features(task: str) -> torch.Tensor:
+            key = self.decoder_of[task]
+            if key not in decoded_at_target:
+                tf = feats[task]
+                skips = [_gather(v.reshape(b, k, *v.shape[1:]), ref) for v in tf.visits[:-1]]
+                decoded_at_target[key] = self.target_decoders[key](tf.fused, skips, spatial)
+            return decoded_at_target[key]
 
         future_probs = torch.zeros_like(ref_probs)
         if "future_seg" in self.tasks:
-            fused, skips = ref_skips("future_seg")
-            logits = self.future_decoder(
-                fused, skips, torch.cat([ref_probs, delta_map], dim=1), spatial
+            logits = self.future_head(
+                target_features("future_seg"), torch.cat([ref_probs, delta_map], dim=1)
             )
+            logits = logits + self.future_prior_weight * mask_logits(ref_probs)
             out["future_logits"] = logits
             future_probs = logits.softmax(dim=1)
         if "image" in self.tasks:
-            fused, skips = ref_skips("image")
-            extra = torch.cat([ref_probs, future_probs, delta_map], dim=1)
-            residual, gate = self.image_decoder(fused, skips, extra, spatial).chunk(2, dim=1)
-            region = torch.maximum(1 - ref_probs[:, :1], 1 - future_probs[:, :1])
-            if "future_seg" not in self.tasks:
-                region = 1 - ref_probs[:, :1]
-            region = self._pool(region, 5)
             base = reference_image(images, present, ref)
-            out["image"] = base + region * torch.sigmoid(gate) * residual
-            out["change_region"] = region
+            new_probs = future_probs if "future_seg" in self.tasks else ref_probs
+            expected = class_mean_change(
+                base, ref_probs, new_probs, self.class_intensity, self.blur()
+            )
+            extra = torch.cat([ref_probs, new_probs, delta_map, expected], dim=1)
+            residual, gate = self.image_head(target_features("image"), extra).chunk(2, dim=1)
+            region = dilate(torch.maximum(1 - ref_probs[:, :1], 1 - new_probs[:, :1]), 2)
+            out["image_residual"] = region * torch.sigmoid(gate) * residual
+            out["image"] = expected + out["image_residual"]
         return out

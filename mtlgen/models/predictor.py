@@ -1,9 +1,11 @@
 """Checkpoint -> ``Predictor`` (the protocol of ``mtlgen.evaluate.predictor``).
 
-A multi-task checkpoint answers every field from its heads: the image head gives the images,
-the future mask is the future-segmentation head's map sized by the progression head's
-volumes (the top-N most likely core voxels, then the top-M lesion voxels), volume and status
-come from the progression head (status by the volumetric rule against the reference visit).
+A multi-task checkpoint answers every field from its heads: the future mask is the
+future-segmentation head's map sized by the progression head's volumes (the top-N most likely
+core voxels, then the top-M lesion voxels); the image is the reference image changed where that
+mask differs from the reference mask (``mtlgen.models.priors.class_mean_change``) plus the
+image head's learned residual; volume and status come from the progression head (status by
+the volumetric rule against the reference visit).
 
 A single-task checkpoint answers its own task and falls back to copy-last for the others
 (the latest context visit at or before the target: its image per contrast, its mask and
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from mtlgen.data.dataset import encode_context, lesion_volumes_ml, reference_slot, voxel_ml
@@ -27,6 +30,7 @@ from mtlgen.data.series import VisitArrays
 from mtlgen.evaluate.predictor import Prediction
 from mtlgen.models.checkpoint import load_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
+from mtlgen.models.priors import class_mean_change
 from mtlgen.progression import progression_status
 
 
@@ -129,9 +133,32 @@ class ModelPredictor:
             )
         else:
             label = ref_label.copy()
+        if "image" in tasks and "future_seg" in tasks and not current:
+            pred_images = self._recompose(batch, out, ref_label, label)
+            images = {c: pred_images[i] for i, c in enumerate(self.contrasts) if seen[i]}
         core_ml = volumes[0] if volumes is not None else lesion_volumes_ml(label, vox)[0]
         status = progression_status(ref_core, core_ml, self.model.increase, self.model.decrease)
         return Prediction(images=images, label=label, core_volume_ml=float(core_ml), status=status)
+
+    def _recompose(
+        self,
+        batch: dict[str, torch.Tensor],
+        out: dict[str, torch.Tensor],
+        ref_label: np.ndarray,
+        label: np.ndarray,
+    ) -> np.ndarray:
+        """The predicted image with its label-driven change taken from the final (volume-sized)
+        mask instead of the soft future map; the learned residual is kept."""
+
+        def onehot(x: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(x.astype(np.int64)).to(self.device)
+            return F.one_hot(t, 3).movedim(-1, 0)[None].float()
+
+        base = reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
+        changed = class_mean_change(
+            base, onehot(ref_label), onehot(label), self.model.class_intensity, self.model.blur()
+        )
+        return (changed + out["image_residual"]).float()[0].cpu().numpy()
 
 
 def load_predictor(checkpoint_dir: Path | str, device: str = "cpu") -> ModelPredictor:

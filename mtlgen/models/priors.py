@@ -1,0 +1,125 @@
+"""Structural priors the heads build on: each is a closed-form answer a learned head corrects.
+
+- ``line_at_target``: least-squares line through the context visits' values over time, read
+  at the target (t = 0): linear volume extrapolation (or interpolation) inside the network.
+- ``nearest_given_mask``: for every context visit, the given mask of the visit nearest in time
+  (all visits sit on the baseline's grid, so it is where the lesion was a few months away).
+- ``mask_logits``: a mask as logits, added to a mask head's output so that the head starts
+  from that mask (copy-last for the future mask, the nearest labelled visit for segmentation).
+- ``class_mean_change``: the image change implied by a change of labels, with each class's
+  intensity measured on the patient's own reference scan (lesion core, edema, and the tissue
+  ringing the lesion), so a voxel that becomes lesion takes the lesion's look and a voxel that
+  stops being lesion takes its surroundings' look.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dilate(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey-value dilation of [N, C, *S] by a (2 radius + 1) box: one 1-D max pool per axis
+    (separable, several times faster on a CPU than one box pool)."""
+    if radius <= 0:
+        return x
+    pool = F.max_pool3d if x.dim() == 5 else F.max_pool2d
+    dims = x.dim() - 2
+    for axis in range(dims):
+        kernel = tuple(2 * radius + 1 if a == axis else 1 for a in range(dims))
+        padding = tuple(radius if a == axis else 0 for a in range(dims))
+        x = pool(x, kernel, stride=1, padding=padding)
+    return x
+
+
+def line_at_target(values: torch.Tensor, years: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Least-squares line of ``values`` [B, K, V] over ``years`` [B, K] (valid [B, K] visits),
+    evaluated at t = 0; one visit (or one distinct time) gives its mean. -> [B, V]."""
+    w = valid.to(values.dtype)
+    n = w.sum(dim=1, keepdim=True).clamp_min(1.0)
+    t_mean = (w * years).sum(dim=1, keepdim=True) / n  # [B, 1]
+    v_mean = (w[..., None] * values).sum(dim=1) / n  # [B, V]
+    dt = (years - t_mean) * w
+    spread = (dt * dt).sum(dim=1, keepdim=True)  # [B, 1]
+    cov = (dt[..., None] * values).sum(dim=1)  # [B, V]
+    slope = torch.where(spread > 1e-6, cov / spread.clamp_min(1e-6), torch.zeros_like(cov))
+    return v_mean - slope * t_mean
+
+
+def nearest_given_mask(
+    onehot: torch.Tensor, years: torch.Tensor, given: torch.Tensor
+) -> torch.Tensor:
+    """Per context visit, [core, whole lesion, has-prior] maps from the given mask of the
+    nearest *other* visit in time (zeros where no other visit has one).
+
+    onehot [B, K, 3, *S], years [B, K], given [B, K] -> [B, K, 3, *S].
+    """
+    b, k = years.shape
+    dist = (years[:, :, None] - years[:, None, :]).abs()
+    eye = torch.eye(k, dtype=torch.bool, device=years.device)
+    dist = dist.masked_fill(~given[:, None, :] | eye, float("inf"))
+    nearest = dist.argmin(dim=2)  # [B, K]
+    has = torch.isfinite(dist.min(dim=2).values).to(onehot.dtype)
+    prior = onehot[torch.arange(b, device=years.device)[:, None], nearest]  # [B, K, 3, *S]
+    ones = (1,) * (onehot.dim() - 3)
+    flag = has.reshape(b, k, 1, *ones)
+    core, lesion = prior[:, :, 1:2], prior[:, :, 1:2] + prior[:, :, 2:3]
+    return torch.cat([core, lesion, torch.ones_like(core)], dim=2) * flag
+
+
+def mask_logits(probs: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """Class probabilities [N, 3, *S] as logits, each probability floored at ``floor``."""
+    return probs.clamp_min(floor).log()
+
+
+def prior_probs(prior: torch.Tensor) -> torch.Tensor:
+    """``nearest_given_mask`` channels [N, 3, *S] (core, lesion, has) -> class probabilities
+    (background, core, edema) [N, 3, *S]."""
+    core, lesion = prior[:, 0:1], prior[:, 1:2]
+    return torch.cat([1.0 - lesion, core, lesion - core], dim=1)
+
+
+def class_means(
+    image: torch.Tensor, probs: torch.Tensor, fallback: torch.Tensor, ring_vox: int = 2
+) -> torch.Tensor:
+    """Mean intensity per class [B, 3, C] of ``image`` [B, C, *S] under ``probs`` [B, 3, *S]:
+    class 0 is the tissue ringing the lesion (``ring_vox`` voxels wide), 1 core, 2 edema.
+    Each mean is shrunk towards ``fallback`` [3, C] by one pseudo-voxel (a class the scan
+    does not show takes the fallback)."""
+    lesion = probs[:, 1:2] + probs[:, 2:3]
+    ring = (dilate(lesion, ring_vox) - lesion).clamp_min(0.0)
+    weights = torch.cat([ring, probs[:, 1:3]], dim=1).flatten(2)  # [B, 3, N]
+    sums = torch.einsum("bkn,bcn->bkc", weights, image.flatten(2))
+    return (sums + fallback) / (weights.sum(dim=2, keepdim=True) + 1.0)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:
+    """Separable Gaussian smoothing of [N, C, *S] with a (differentiable) ``sigma`` in voxels,
+    as weighted sums of shifted copies (depthwise convolutions are slow on CPUs); zero padding."""
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma.to(x.dtype)) ** 2)
+    kernel = kernel / kernel.sum()
+    for axis in range(2, x.dim()):
+        pad = [0, 0] * (x.dim() - 2)
+        pad[2 * (x.dim() - 1 - axis) : 2 * (x.dim() - 1 - axis) + 2] = [radius, radius]
+        padded = F.pad(x, pad)
+        size = x.shape[axis]
+        x = sum(kernel[i] * padded.narrow(axis, i, size) for i in range(2 * radius + 1))
+    return x
+
+
+def class_mean_change(
+    image: torch.Tensor,
+    ref_probs: torch.Tensor,
+    new_probs: torch.Tensor,
+    fallback: torch.Tensor,
+    sigma: torch.Tensor,
+) -> torch.Tensor:
+    """``image`` with the intensity change its labels' change implies:
+    image + sum_k blur(new_k - ref_k) * mean_k, means from ``class_means`` of the reference,
+    the label change blurred by the scan's point spread (``sigma`` voxels: a resampled image's
+    edges are partial volumes, its labels are not). Unchanged voxels keep their intensity.
+    -> [B, C, *S]."""
+    means = class_means(image, ref_probs, fallback)  # [B, 3, C]
+    shift = gaussian_blur(new_probs - ref_probs, sigma)
+    return image + torch.einsum("bk...,bkc->bc...", shift, means)

@@ -1,0 +1,82 @@
+"""Closed-form priors the heads correct: volume line, nearest given mask, class-mean change."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mtlgen.models.priors import (
+    class_mean_change,
+    class_means,
+    dilate,
+    gaussian_blur,
+    line_at_target,
+    nearest_given_mask,
+)
+
+
+def test_line_at_target_is_the_least_squares_line_read_at_the_target():
+    years = torch.tensor([[-3.0, -2.0, -1.0]])
+    values = torch.tensor([[[1.0, 10.0], [2.0, 10.0], [3.0, 10.0]]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    assert line_at_target(values, years, valid).tolist() == [[4.0, 10.0]]  # one year on
+    noisy = torch.tensor([[[1.0], [3.0], [2.0]]])  # least squares: 2 + 0.5 (t + 2)
+    assert torch.allclose(line_at_target(noisy, years, valid), torch.tensor([[3.0]]))
+    between = line_at_target(values[:, :2], torch.tensor([[-0.5, 0.5]]), valid[:, :2])
+    assert between.tolist() == [[1.5, 10.0]]
+    padded = torch.tensor([[True, False, False]])  # one valid visit: its value
+    assert line_at_target(values, years, padded).tolist() == [[1.0, 10.0]]
+
+
+def test_nearest_given_mask_takes_the_closest_other_labelled_visit():
+    masks = torch.tensor([[0, 1, 2]]).reshape(1, 3, 1).expand(1, 3, 4).clone()  # value = slot
+    onehot = F.one_hot(masks, 3).movedim(-1, 2).float()  # [1, 3 visits, 3 classes, 4]
+    years = torch.tensor([[-2.0, -1.5, 0.0]])
+    given = torch.tensor([[True, False, True]])
+    prior = nearest_given_mask(onehot, years, given)
+    # slot 1 (hidden) is nearest to slot 0 (label 0: no lesion), slot 0 sees slot 2 (edema)
+    assert prior[0, 1].amax(dim=-1).tolist() == [0.0, 0.0, 1.0]
+    assert prior[0, 0].amax(dim=-1).tolist() == [0.0, 1.0, 1.0]  # edema: lesion, not core
+    alone = nearest_given_mask(onehot, years, torch.tensor([[False, True, False]]))
+    assert alone[0, 1].abs().sum() == 0  # no other visit has a mask
+
+
+def test_dilate_is_a_box_dilation():
+    x = torch.zeros(1, 1, 9, 9, 9)
+    x[0, 0, 4, 4, 4] = 1.0
+    grown = dilate(x, 2)
+    assert grown.sum() == 125 and grown[0, 0, 2:7, 2:7, 2:7].min() == 1.0
+    assert torch.equal(dilate(x, 2), F.max_pool3d(x, 5, stride=1, padding=2))
+
+
+def test_class_mean_change_gives_new_lesion_voxels_the_lesion_look():
+    image = torch.full((1, 1, 12, 12, 12), 0.3)  # tissue 0.3
+    label = torch.zeros(1, 12, 12, 12, dtype=torch.long)
+    label[0, 4:8, 4:8, 4:8] = 1  # core, intensity 0.9
+    image[label[:, None] == 1] = 0.9
+    grown = label.clone()
+    grown[0, 3:9, 4:8, 4:8] = 1  # the core grows by one slice on each side
+    shrunk = torch.zeros_like(label)  # ... or disappears
+    ref = F.one_hot(label, 3).movedim(-1, 1).float()
+    fallback = torch.zeros(3, 1)
+    means = class_means(image, ref, fallback)  # shrunk towards 0 by 1 of 64 core voxels
+    assert torch.allclose(means[0, :2, 0], torch.tensor([0.3, 0.9 * 64 / 65]), atol=1e-3)
+    sharp = torch.tensor(0.1)  # ~no blur: the label change exactly
+    out = class_mean_change(image, ref, F.one_hot(grown, 3).movedim(-1, 1).float(), fallback, sharp)
+    assert torch.allclose(out[0, 0][grown[0] == 1], torch.tensor(0.9), atol=0.02)
+    assert torch.equal(out[0, 0][grown[0] == 0], image[0, 0][grown[0] == 0])  # unchanged voxels
+    gone = class_mean_change(
+        image, ref, F.one_hot(shrunk, 3).movedim(-1, 1).float(), fallback, sharp
+    )
+    assert torch.allclose(gone, torch.tensor(0.3), atol=0.02)  # the lesion takes the tissue look
+
+
+def test_gaussian_blur_keeps_the_mass_and_spreads_an_edge():
+    x = torch.zeros(1, 1, 11, 11, 11)
+    x[0, 0, 5, 5, 5] = 1.0
+    blurred = gaussian_blur(x, torch.tensor(0.75))
+    assert torch.isclose(blurred.sum(), torch.tensor(1.0), atol=1e-5)
+    assert blurred[0, 0, 5, 5, 5] < 0.5 and blurred[0, 0, 4, 5, 5] > 0
+    sigma = torch.tensor(0.75, requires_grad=True)  # differentiable in sigma: learnable
+    gaussian_blur(x, sigma)[0, 0, 5, 5, 5].backward()
+    assert sigma.grad < 0
