@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, default=1, help="seeds trained in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per lane")
     parser.add_argument(
-        "--tasks", default="future_seg,progression,image", help="single-task models to train"
+        "--tasks", default="seg,future_seg,progression,image", help="single-task models to train"
     )
     parser.add_argument("--out", type=Path, default=Path("data/bench/mtl_vs_single"))
     args = parser.parse_args()

@@ -81,23 +81,40 @@ def test_cpu_training_is_deterministic(tmp_path, tiny_series):
 @pytest.mark.parametrize(
     "overrides",
     [
-        ("train.weighting=uncertainty", "model.sharing=mtan"),
-        ("train.weighting=dwa", "model.sharing=soft"),
-        ("train.pcgrad=true", "model.sharing=cross_task"),
+        ("model.sharing=hard",),
+        ("model.sharing=soft",),
+        ("model.sharing=mtan",),
+        ("model.sharing=cross_task",),
+        ("train.weighting=uncertainty",),
+        ("train.weighting=dwa",),
+        ("train.pcgrad=true",),
     ],
 )
-def test_weightings_and_pcgrad_train(tmp_path, tiny_series, overrides):
+def test_each_sharing_strategy_and_weighting_trains_the_losses_down(
+    tmp_path, tiny_series, overrides
+):
     from mtlgen.train.loop import train_model
 
-    params = _params("train.epochs=2", "train.affinity_batches=0", *overrides)
+    params = _params(
+        "train.epochs=4",
+        "train.lr=0.01",
+        "train.affinity_batches=0",
+        "data.augment=false",
+        *overrides,
+    )
     result = train_model(params, tiny_series, _split(tiny_series), tmp_path)
     history = json.loads(result.history_json.read_text())
-    weights = [[row[f"weight_{t}"] for t in result.tasks] for row in history]
+    first, last = (
+        sum(row[f"train_loss_{t}"] for t in result.tasks) for row in (history[0], history[-1])
+    )
     assert all(np.isfinite(row["val_loss"]) for row in history)
+    assert last < 0.85 * first, f"{overrides}: task losses {first:.3f} -> {last:.3f}"
+    weights = [[row[f"weight_{t}"] for t in result.tasks] for row in history]
     if "train.weighting=uncertainty" in overrides:
         assert weights[0] != [1.0] * 4  # learned log-variances moved
     if "train.weighting=dwa" in overrides:
         assert weights[0] == [1.0] * 4 and sum(weights[-1]) == pytest.approx(4.0)
+        assert weights[-1] != [1.0] * 4  # from epoch 3 on, weights follow the loss ratios
 
 
 def test_single_task_model_answers_its_task_and_copies_the_rest(tmp_path, tiny_series):

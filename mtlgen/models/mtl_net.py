@@ -8,10 +8,11 @@ careful reader would guess and learns what the data add:
 - ``seg``: segments every context visit whose mask is not given, seeing the given mask of the
   visit nearest in time (if any); its soft volume feeds the progression head and its lesion
   map guides the other heads.
-- ``progression``: a learned, per-case blend of three extrapolations of core and whole-lesion
-  volume to the target date (least-squares line, log-linear fit, the reference visit's volume),
-  starting as the line; a blend stays within what the visits support. Status logits are a
-  soft version of the volumetric rule, so status cross-entropy trains the volume too.
+- ``progression``: the least-squares line of core and whole-lesion volume over the context
+  visits read at the target date, moved (in log-volume) towards or away from two other
+  extrapolations (log-linear fit, the reference visit's volume) by learned per-case weights in
+  (-1, 1), zero at start. Status logits are a soft version of the volumetric rule, so status
+  cross-entropy trains the volume too.
 - ``future_seg``: decodes the target mask from the fused features, the reference mask and the
   predicted log-volume change; at inference it is sized by the predicted volumes.
 - ``image``: the reference image changed where the labels change, each class taking the
@@ -129,11 +130,10 @@ class MultiTaskNet(nn.Module):
         if "progression" in self.tasks:
             width = 4 * max_context + f[-1] + 6
             self.progression_mlp = nn.Sequential(
-                nn.Linear(width, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 6)
+                nn.Linear(width, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 4)
             )
             nn.init.zeros_(self.progression_mlp[-1].weight)
-            with torch.no_grad():  # start as the line: softmax([6, 0, 0]) ~ (0.995, ...)
-                self.progression_mlp[-1].bias.copy_(torch.tensor([6.0, 0.0, 0.0] * 2))
+            nn.init.zeros_(self.progression_mlp[-1].bias)
             self.log_tau = nn.Parameter(torch.tensor(math.log(0.25)))
         if spatial_dims == 3:  # channels-last 3-D convolutions: ~2x faster on CPU (oneDNN)
             self.to(memory_format=torch.channels_last_3d)
@@ -218,8 +218,10 @@ class MultiTaskNet(nn.Module):
                 dim=1,
             )
             with torch.autocast(images.device.type, enabled=False):
-                blend = self.progression_mlp(inputs.float()).reshape(b, 2, 3).softmax(dim=-1)
-            log_volume = (blend * candidates.float()).sum(-1).log1p().clamp(0.0, MAX_LOG_VOLUME)
+                weights = torch.tanh(self.progression_mlp(inputs.float())).reshape(b, 2, 2)
+                logs = candidates.float().log1p()  # [B, 2, 3]
+                moved = logs[..., 0] + (weights * (logs[..., 1:] - logs[..., :1])).sum(-1)
+            log_volume = moved.clamp(0.0, MAX_LOG_VOLUME)
             out["log_volume"] = log_volume
             ratio = torch.log(log_volume[:, 0].expm1() + VOLUME_EPS_ML) - torch.log(
                 ref_core + VOLUME_EPS_ML
