@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import default_collate
 
 from mtlgen.config import DataConfig
@@ -152,6 +153,16 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, batch):
     with torch.no_grad():
         a, b = net(batch), loaded.eval()(batch)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_of_another_version_is_refused_with_the_reason(tmp_path):
+    net = _net("hard", tasks=("progression",))
+    save_checkpoint(tmp_path, net, {"tasks": ["progression"], **SMALL}, {})
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    weights["old_head.weight"] = weights.pop("progression_mlp.0.weight")
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model.safetensors: weights do not fit.*retrain"):
+        load_checkpoint(tmp_path)
 
 
 def test_shape_mask_sizes_the_label_to_the_volumes():

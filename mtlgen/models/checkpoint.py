@@ -79,7 +79,20 @@ def load_checkpoint(
             f"{Path(directory) / CONFIG}: unknown architecture {name!r}; "
             f"expected one of {sorted(ARCHITECTURES)}"
         )
-    model = ARCHITECTURES[name](**config["init"])
+    try:
+        model = ARCHITECTURES[name](**config["init"])
+    except TypeError as exc:
+        raise ValueError(f"{Path(directory) / CONFIG}: init does not fit {name!r}: {exc}") from None
     state = load_file(str(Path(directory) / WEIGHTS), device=str(map_location))
+    missing, unexpected = (
+        model.state_dict().keys() - state.keys(),
+        state.keys() - model.state_dict().keys(),
+    )
+    if missing or unexpected:
+        raise ValueError(
+            f"{Path(directory) / WEIGHTS}: weights do not fit this version's {name!r} "
+            f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}); "
+            "the checkpoint was written by another version of mtlgen: retrain it"
+        )
     model.load_state_dict(state, strict=True)
     return model, config
