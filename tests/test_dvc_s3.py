@@ -7,18 +7,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
 import nibabel
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, port_open, stop_process_group, wait_until_ready
 
 BIN = Path(sys.executable).parent
 BUCKET = "mtlgen-dvc"
@@ -36,19 +33,10 @@ def s3_endpoint(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "moto.log").read_text()) from None
-                time.sleep(0.2)
+        wait_until_ready(proc, lambda: port_open(port), 60, tmp_path / "moto.log")
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        stop_process_group(proc)
         log.close()
 
 

@@ -6,7 +6,6 @@ through the API and executed by a real ``prefect worker``; all it starts is stop
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,23 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import free_port
+from tests.support import free_port, stop_process_group, wait_until_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a process started with start_new_session=True, with all its children."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -55,23 +43,19 @@ def prefect_server(tmp_path):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"prefect server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}"
-                )
-            time.sleep(1)
+        wait_until_ready(proc, healthy, 180, tmp_path / "server.log")
         yield {**env, "PREFECT_API_URL": url}
     finally:
-        stop(proc)
+        stop_process_group(proc)
         log.close()
 
 
@@ -124,7 +108,7 @@ def test_deployment_runs_on_a_worker(prefect_server, tmp_path, motion_cohort):
                     )
                 )
         finally:
-            stop(worker)
+            stop_process_group(worker)
             worker_log.close()
     assert state.is_completed(), f"{state}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
     assert "pipeline-summary" in {a.key for a in artifacts}

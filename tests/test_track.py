@@ -4,8 +4,6 @@ registry, promotion rule and loading by alias."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +31,7 @@ from mtlgen.track.registry import (
     register_checkpoint,
 )
 from mtlgen.track.run import TrackingUnavailable, check_reachable, tracked_run
-from tests.support import free_port
+from tests.support import free_port, stop_process_group, wait_until_ready
 
 PRIMARY = {"dice": "max", "volume_mae": "min"}
 
@@ -266,24 +264,19 @@ def mlflow_server(root: Path) -> Iterator[str]:
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            check_reachable(TrackingConfig(uri=uri, connect_timeout_s=1))
+        except TrackingUnavailable:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                check_reachable(TrackingConfig(uri=uri, connect_timeout_s=1))
-                break
-            except TrackingUnavailable:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((root / "server.log").read_text()[-3000:]) from None
-                time.sleep(0.5)
+        wait_until_ready(proc, answers, 90, root / "server.log")
         yield uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 @pytest.mark.slow
