@@ -2,8 +2,9 @@
 
 By default for every patient whose next visit is due within ``flows.predict_window_days`` of
 ``as_of`` (today); or for the given ``patients`` (pseudonyms) at ``target_date`` (or their due
-date). Each prediction is written to ``<flows.predict_out_dir>/<due-date>_<patient>/`` by
-``mtlgen.predict``; a markdown artifact ``follow-up-predictions`` shows a thumbnail per patient.
+date). Each prediction is written to ``<flows.predict_out_dir>/<patient>/<due-date>/`` by
+``mtlgen.predict.predict_followup``, so a patient's predictions sit together, one folder per due
+date; a markdown artifact ``follow-up-predictions`` shows a thumbnail per patient.
 """
 
 from __future__ import annotations
@@ -54,13 +55,17 @@ def predict_task(
     predictor, series: PatientSeries, follow_up: FollowUp, out_root: str, model: dict
 ) -> dict:
     """Predict one patient's follow-up; return its summary row and a PNG thumbnail (base64)."""
+    from mtlgen.ids import check_token
     from mtlgen.orchestration.thumbnail import thumbnail_png
-    from mtlgen.predict import predict_followups
+    from mtlgen.predict import predict_followup
 
-    out_dir = Path(out_root) / f"{follow_up.due.isoformat()}_{follow_up.patient}"
+    folder = (
+        Path(out_root)
+        / check_token(series.patient, "patient pseudonym")
+        / follow_up.due.isoformat()
+    )
     days_ahead = follow_up.target_days - series.visits[-1].days
-    (row,) = predict_followups(predictor, [series], days_ahead, out_dir, model, progress=False)
-    folder = out_dir / series.patient
+    row = predict_followup(predictor, series, days_ahead, folder, model)
     image = next(p for p in sorted(folder.glob("*.nii.gz")) if p.name != "label.nii.gz")
     png = thumbnail_png(image, folder / "label.nii.gz")
     return {

@@ -27,6 +27,47 @@ from mtlgen.io.nifti import save_nifti
 log = logging.getLogger(__name__)
 
 
+def predict_followup(
+    predictor: Predictor,
+    patient: PatientSeries,
+    days_ahead: float,
+    folder: Path | str,
+    model: Mapping[str, str],
+) -> dict:
+    """Predict ``patient``'s visit ``days_ahead`` after its last one into ``folder``
+    (images, ``label.nii.gz``, ``prediction.json``); return its summary row."""
+    if days_ahead <= 0:
+        raise ValueError(f"days_ahead must be > 0, got {days_ahead}")
+    folder = Path(folder)
+    context = [load_visit(v) for v in patient.visits]
+    target = context[-1].days + days_ahead
+    pred = predictor.predict(context, target)
+    affine = context[-1].affine
+    for contrast, image in pred.images.items():
+        save_nifti(
+            folder / f"{check_token(contrast, 'contrast')}.nii.gz", image, affine, np.float32
+        )
+    save_nifti(folder / "label.nii.gz", pred.label, affine, np.uint8)
+    row = {
+        "patient": patient.patient,
+        "last_visit_days": context[-1].days,
+        "target_days": target,
+        "core_volume_ml": round(float(pred.core_volume_ml), 4),
+        "status": pred.status,
+    }
+    write_text_atomic(
+        folder / "prediction.json", json.dumps({**row, "model": dict(model)}, indent=2) + "\n"
+    )
+    log.info(
+        "%s: day %.0f -> core %.2f ml, %s",
+        patient.patient,
+        target,
+        row["core_volume_ml"],
+        row["status"],
+    )
+    return row
+
+
 def predict_followups(
     predictor: Predictor,
     series: Sequence[PatientSeries],
@@ -35,40 +76,21 @@ def predict_followups(
     model: Mapping[str, str],
     progress: bool = True,
 ) -> list[dict]:
-    """Predict each patient's visit ``days_ahead`` after the last one; return the summary rows."""
+    """``predict_followup`` for each patient into ``<out_dir>/<pseudonym>/``, then
+    ``<out_dir>/predictions.tsv``; return the summary rows."""
     if days_ahead <= 0:
         raise ValueError(f"days_ahead must be > 0, got {days_ahead}")
     out_dir = Path(out_dir)
-    rows = []
-    for patient in tqdm(series, desc="predicting", unit="patient", disable=not progress):
-        folder = out_dir / check_token(patient.patient, "patient pseudonym")
-        context = [load_visit(v) for v in patient.visits]
-        target = context[-1].days + days_ahead
-        pred = predictor.predict(context, target)
-        affine = context[-1].affine
-        for contrast, image in pred.images.items():
-            save_nifti(
-                folder / f"{check_token(contrast, 'contrast')}.nii.gz", image, affine, np.float32
-            )
-        save_nifti(folder / "label.nii.gz", pred.label, affine, np.uint8)
-        row = {
-            "patient": patient.patient,
-            "last_visit_days": context[-1].days,
-            "target_days": target,
-            "core_volume_ml": round(float(pred.core_volume_ml), 4),
-            "status": pred.status,
-        }
-        write_text_atomic(
-            folder / "prediction.json", json.dumps({**row, "model": dict(model)}, indent=2) + "\n"
+    rows = [
+        predict_followup(
+            predictor,
+            patient,
+            days_ahead,
+            out_dir / check_token(patient.patient, "patient pseudonym"),
+            model,
         )
-        rows.append(row)
-        log.info(
-            "%s: day %.0f -> core %.2f ml, %s",
-            patient.patient,
-            target,
-            row["core_volume_ml"],
-            row["status"],
-        )
+        for patient in tqdm(series, desc="predicting", unit="patient", disable=not progress)
+    ]
     table = io.StringIO()
     writer = csv.DictWriter(
         table, fieldnames=list(rows[0]) if rows else ["patient"], delimiter="\t"

@@ -225,7 +225,7 @@ def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, cohort):
     assert first["trained"]["promoted"] and first["trained"]["version"] == "1"
     assert Path(first["trained"]["metrics"]).is_file()
     assert first["predicted"] == 3
-    predictions = sorted((tmp_path / "predictions").glob("*_*/*/prediction.json"))
+    predictions = sorted((tmp_path / "predictions").glob("*/*-*-*/prediction.json"))
     assert len(predictions) == 3
     assert "data:image/png;base64," in markdown_artifact("follow-up-predictions")
 

@@ -113,4 +113,4 @@ def test_deployment_runs_on_a_worker(prefect_server, tmp_path, motion_cohort):
     assert state.is_completed(), f"{state}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
     assert "pipeline-summary" in {a.key for a in artifacts}
     assert (tmp_path / "evaluation" / "metrics.json").is_file()
-    assert len(list((tmp_path / "predictions").glob("*_*/*/prediction.json"))) == 3
+    assert len(list((tmp_path / "predictions").glob("*/*-*-*/prediction.json"))) == 3
