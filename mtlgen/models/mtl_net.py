@@ -192,13 +192,13 @@ class MultiTaskNet(nn.Module):
         vox = batch["voxel_ml"].reshape(b, 1)
         core = probs[:, :, 1].flatten(2).sum(-1) * vox
         lesion = (probs[:, :, 1] + probs[:, :, 2]).flatten(2).sum(-1) * vox
-        log_vol = torch.stack([core, lesion], dim=-1).log1p()  # [B, K, 2]
+        volumes = torch.stack([core, lesion], dim=-1)  # [B, K, 2] in ml
+        log_vol = volumes.log1p()
         ref_core = _gather(core, ref)
 
         delta = torch.zeros(b, device=images.device, dtype=images.dtype)
         if "progression" in self.tasks:
             fused = feats["progression"].fused
-            volumes = torch.stack([core, lesion], dim=-1)
             candidates = torch.stack(  # [B, 2 volumes, 3 extrapolations] in ml
                 [
                     line_at_target(volumes, years, valid).clamp_min(0.0),
@@ -206,20 +206,20 @@ class MultiTaskNet(nn.Module):
                     _gather(volumes, ref),
                 ],
                 dim=-1,
-            )
+            ).float()
+            logs = candidates.log1p()  # [B, 2, 3]
             inputs = torch.cat(
                 [
                     log_vol.flatten(1),
                     years,
                     valid.float(),
                     fused.flatten(2).mean(-1).float(),
-                    candidates.log1p().flatten(1),
+                    logs.flatten(1),
                 ],
                 dim=1,
             )
             with torch.autocast(images.device.type, enabled=False):
                 weights = torch.tanh(self.progression_mlp(inputs.float())).reshape(b, 2, 2)
-                logs = candidates.float().log1p()  # [B, 2, 3]
                 moved = logs[..., 0] + (weights * (logs[..., 1:] - logs[..., :1])).sum(-1)
             log_volume = moved.clamp(0.0, MAX_LOG_VOLUME)
             out["log_volume"] = log_volume
@@ -244,7 +244,7 @@ class MultiTaskNet(nn.Module):
                 decoded_at_target[key] = self.target_decoders[key](tf.fused, skips, spatial)
             return decoded_at_target[key]
 
-        future_probs = torch.zeros_like(ref_probs)
+        future_probs = ref_probs  # without a future_seg head: no change predicted
         if "future_seg" in self.tasks:
             logits = self.future_head(
                 target_features("future_seg"), torch.cat([ref_probs, delta_map], dim=1)
@@ -254,13 +254,12 @@ class MultiTaskNet(nn.Module):
             future_probs = logits.softmax(dim=1)
         if "image" in self.tasks:
             base = reference_image(images, present, ref)
-            new_probs = future_probs if "future_seg" in self.tasks else ref_probs
             expected = class_mean_change(
-                base, ref_probs, new_probs, self.class_intensity, self.blur()
+                base, ref_probs, future_probs, self.class_intensity, self.blur()
             )
-            extra = torch.cat([ref_probs, new_probs, delta_map, expected], dim=1)
+            extra = torch.cat([ref_probs, future_probs, delta_map, expected], dim=1)
             residual, gate = self.image_head(target_features("image"), extra).chunk(2, dim=1)
-            region = dilate(torch.maximum(1 - ref_probs[:, :1], 1 - new_probs[:, :1]), 2)
+            region = dilate(torch.maximum(1 - ref_probs[:, :1], 1 - future_probs[:, :1]), 2)
             out["image_residual"] = region * torch.sigmoid(gate) * residual
             out["image"] = expected + out["image_residual"]
         return out
