@@ -78,8 +78,6 @@ def predict_followups(
 ) -> list[dict]:
     """``predict_followup`` for each patient into ``<out_dir>/<pseudonym>/``, then
     ``<out_dir>/predictions.tsv``; return the summary rows."""
-    if days_ahead <= 0:
-        raise ValueError(f"days_ahead must be > 0, got {days_ahead}")
     out_dir = Path(out_dir)
     rows = [
         predict_followup(

@@ -97,24 +97,13 @@ class ModelPredictor:
         ref = context[reference_slot([v.days for v in context], target_days)]
         vox = voxel_ml(ref.affine)
 
-        if "image" in tasks:
-            pred_images = out["image"][0].float().cpu().numpy()
-        else:
-            pred_images = (
-                reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])[0]
-                .cpu()
-                .numpy()
-            )
-        seen = batch["contrast_present"][0].any(dim=0).cpu().numpy()
-        images = {c: pred_images[i] for i, c in enumerate(self.contrasts) if seen[i]}
-
         if ref.label is not None:
             ref_label = ref.label
         elif "seg" in tasks:
             slot = int(batch["ref_slot"][0])
             ref_label = out["seg_logits"][0, slot].argmax(0).cpu().numpy().astype(np.uint8)
         else:
-            ref_label = np.zeros(pred_images.shape[1:], np.uint8)
+            ref_label = np.zeros(tuple(batch["images"].shape[3:]), np.uint8)
         ref_core, _ = lesion_volumes_ml(ref_label, vox)
 
         volumes = None
@@ -133,32 +122,39 @@ class ModelPredictor:
             )
         else:
             label = ref_label.copy()
-        if "image" in tasks and "future_seg" in tasks and not current:
-            pred_images = self._recompose(batch, out, ref_label, label)
-            images = {c: pred_images[i] for i, c in enumerate(self.contrasts) if seen[i]}
+        pred_images = self._images(batch, out, ref_label, label, current)[0].float().cpu().numpy()
+        seen = batch["contrast_present"][0].any(dim=0).cpu().numpy()
+        images = {c: pred_images[i] for i, c in enumerate(self.contrasts) if seen[i]}
         core_ml = volumes[0] if volumes is not None else lesion_volumes_ml(label, vox)[0]
         status = progression_status(ref_core, core_ml, self.model.increase, self.model.decrease)
         return Prediction(images=images, label=label, core_volume_ml=float(core_ml), status=status)
 
-    def _recompose(
+    def _images(
         self,
         batch: dict[str, torch.Tensor],
         out: dict[str, torch.Tensor],
         ref_label: np.ndarray,
         label: np.ndarray,
-    ) -> np.ndarray:
-        """The predicted image with its label-driven change taken from the final (volume-sized)
-        mask instead of the soft future map; the learned residual is kept."""
+        current: bool,
+    ) -> torch.Tensor:
+        """Predicted images [1, C, *S]: copy-last without an image head; with a future mask, the
+        label-driven change recomputed from the final (volume-sized) mask plus the learned
+        residual, so image and mask agree; else the image head's output."""
+        base = reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
+        tasks = self.model.tasks
+        if "image" not in tasks:
+            return base
+        if "future_seg" not in tasks or current:
+            return out["image"]
 
         def onehot(x: np.ndarray) -> torch.Tensor:
             t = torch.from_numpy(x.astype(np.int64)).to(self.device)
             return F.one_hot(t, 3).movedim(-1, 0)[None].float()
 
-        base = reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
         changed = class_mean_change(
             base, onehot(ref_label), onehot(label), self.model.class_intensity, self.model.blur()
         )
-        return (changed + out["image_residual"]).float()[0].cpu().numpy()
+        return changed + out["image_residual"]
 
 
 def load_predictor(checkpoint_dir: Path | str, device: str = "cpu") -> ModelPredictor:
