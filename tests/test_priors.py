@@ -12,6 +12,7 @@ from mtlgen.models.priors import (
     gaussian_blur,
     line_at_target,
     nearest_given_mask,
+    stable_tissue_mean,
 )
 
 
@@ -80,3 +81,34 @@ def test_gaussian_blur_keeps_the_mass_and_spreads_an_edge():
     sigma = torch.tensor(0.75, requires_grad=True)  # differentiable in sigma: learnable
     gaussian_blur(x, sigma)[0, 0, 5, 5, 5].backward()
     assert sigma.grad < 0
+
+
+def test_stable_tissue_mean_averages_visits_whose_label_agrees_with_the_reference():
+    # 3 visits, 1 contrast, 4 voxels; voxel 3 becomes lesion at the last (reference) visit
+    images = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, 6.0], [2.0, 3.0, 4.0, 9.0]])
+    images = images.reshape(1, 3, 1, 4)
+    labels = torch.tensor([[[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]])
+    probs = F.one_hot(labels, 3).movedim(-1, 2).float()
+    present = torch.tensor([[[True], [True], [True]]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    ref = torch.tensor([2])
+    fallback = torch.full((1, 1, 4), -1.0)
+    mean = stable_tissue_mean(images, present, probs, valid, ref, fallback)
+    assert mean.tolist() == [[[2.0, 3.0, 4.0, 9.0]]]  # the new lesion voxel: reference only
+    # a visit without the contrast, or a padding slot, does not count
+    absent = stable_tissue_mean(
+        images,
+        present & torch.tensor([True, False, True])[None, :, None],
+        probs,
+        valid,
+        ref,
+        fallback,
+    )
+    assert absent.tolist() == [[[1.5, 2.5, 3.5, 9.0]]]
+    padded = stable_tissue_mean(
+        images, present, probs, torch.tensor([[False, True, True]]), ref, fallback
+    )
+    assert padded.tolist() == [[[2.5, 3.5, 4.5, 9.0]]]
+    # no visit with the contrast: the fallback
+    none = stable_tissue_mean(images, present & False, probs, valid, ref, fallback)
+    assert none.tolist() == fallback.tolist()

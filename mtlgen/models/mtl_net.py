@@ -15,9 +15,10 @@ careful reader would guess and learns what the data add:
   cross-entropy trains the volume too.
 - ``future_seg``: decodes the target mask from the fused features, the reference mask and the
   predicted log-volume change; at inference it is sized by the predicted volumes.
-- ``image``: the reference image changed where the labels change, each class taking the
-  intensity it has on the patient's reference scan, plus a learned residual gated to the
-  (dilated) region where the lesion is or will be, so that change is zero elsewhere.
+- ``image``: the reference image, averaged with the other context visits where their labels
+  agree with it (scan noise and intensity drift averaged down), changed where the labels
+  change, each class taking the intensity it has on the patient's reference scan, plus a
+  learned residual gated to the (dilated) region where the lesion is or will be.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mtlgen.models.priors import (
     mask_logits,
     nearest_given_mask,
     prior_probs,
+    stable_tissue_mean,
 )
 from mtlgen.models.sharing import build_trunk
 
@@ -253,7 +255,10 @@ class MultiTaskNet(nn.Module):
             out["future_logits"] = logits
             future_probs = logits.softmax(dim=1)
         if "image" in self.tasks:
-            base = reference_image(images, present, ref)
+            base = stable_tissue_mean(
+                images, present, probs.detach(), valid, ref, reference_image(images, present, ref)
+            )
+            out["image_base"] = base
             expected = class_mean_change(
                 base, ref_probs, future_probs, self.class_intensity, self.blur()
             )

@@ -2,8 +2,9 @@
 
 A multi-task checkpoint answers every field from its heads: the future mask is the
 future-segmentation head's map sized by the progression head's volumes (the top-N most likely
-core voxels, then the top-M lesion voxels); the image is the reference image changed where that
-mask differs from the reference mask (``mtlgen.models.priors.class_mean_change``) plus the
+core voxels, then the top-M lesion voxels); the image is the image head's base (the reference
+image averaged with the context visits whose labels agree) changed where that mask differs from
+the reference mask (``mtlgen.models.priors.class_mean_change``) plus the
 image head's learned residual; volume and status come from the progression head (status by
 the volumetric rule against the reference visit).
 
@@ -140,10 +141,9 @@ class ModelPredictor:
         """Predicted images [1, C, *S]: copy-last without an image head; with a future mask, the
         label-driven change recomputed from the final (volume-sized) mask plus the learned
         residual, so image and mask agree; else the image head's output."""
-        base = reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
         tasks = self.model.tasks
         if "image" not in tasks:
-            return base
+            return reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
         if "future_seg" not in tasks or current:
             return out["image"]
 
@@ -152,7 +152,11 @@ class ModelPredictor:
             return F.one_hot(t, 3).movedim(-1, 0)[None].float()
 
         changed = class_mean_change(
-            base, onehot(ref_label), onehot(label), self.model.class_intensity, self.model.blur()
+            out["image_base"],
+            onehot(ref_label),
+            onehot(label),
+            self.model.class_intensity,
+            self.model.blur(),
         )
         return changed + out["image_residual"]
 

@@ -10,6 +10,9 @@
   intensity measured on the patient's own reference scan (lesion core, edema, and the tissue
   ringing the lesion), so a voxel that becomes lesion takes the lesion's look and a voxel that
   stops being lesion takes its surroundings' look.
+- ``stable_tissue_mean``: per voxel, the mean of the context visits' images where their label
+  agrees with the reference visit's: the reference image with its scan noise and per-visit
+  intensity drift averaged down (every visit sits on the baseline's grid).
 """
 
 from __future__ import annotations
@@ -123,3 +126,25 @@ def class_mean_change(
     means = class_means(image, ref_probs, fallback)  # [B, 3, C]
     shift = gaussian_blur(new_probs - ref_probs, sigma)
     return image + torch.einsum("bk...,bkc->bc...", shift, means)
+
+
+def stable_tissue_mean(
+    images: torch.Tensor,
+    present: torch.Tensor,
+    probs: torch.Tensor,
+    valid: torch.Tensor,
+    ref: torch.Tensor,
+    fallback: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over the context visits of ``images`` [B, K, C, *S], each visit weighted per voxel by
+    the probability that its label equals the reference visit's (``probs`` [B, K, 3, *S]) and by
+    whether it has the contrast (``present`` [B, K, C]) and is a visit (``valid`` [B, K]).
+    Voxels no visit covers take ``fallback`` [B, C, *S]. -> [B, C, *S]."""
+    b, k = valid.shape
+    ones = (1,) * (images.dim() - 3)
+    ref_probs = probs[torch.arange(b, device=probs.device), ref]  # [B, 3, *S]
+    agree = (probs * ref_probs[:, None]).sum(dim=2, keepdim=True)  # [B, K, 1, *S]
+    weight = agree * (present * valid[..., None]).to(images.dtype).reshape(b, k, -1, *ones)
+    total = weight.sum(dim=1)
+    mean = (weight * images).sum(dim=1) / total.clamp_min(1e-6)
+    return torch.where(total > 1e-3, mean, fallback)
