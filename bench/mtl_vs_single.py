@@ -11,9 +11,13 @@ measured in this run:
 - MTL training time / sum of the single-task training times.
 
 Seeds run as parallel lanes (``--lanes``); within a lane the runs are sequential, so MTL and
-its single-task counterparts share the same conditions. Writes ``bench.json`` into ``--out``.
+its single-task counterparts share the same conditions. With ``--split-per-seed`` seed s also
+draws its own patient split (``make_split`` with seed s; seed 0 is the params split), so the
+seeds test on different held-out patients (repeated random sub-sampling); the baselines are
+evaluated on every seed's split and compared by their mean over seeds. Writes ``bench.json``
+into ``--out``.
 
-Example: python bench/mtl_vs_single.py --seeds 3 --lanes 3 -S train.epochs=20
+Example: python bench/mtl_vs_single.py --seeds 3 --split-per-seed --threads 2
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ OWN_METRIC = {
 
 
 def _lane(args: tuple) -> dict:
-    """Train MTL + single-task models for one seed, then evaluate them with the baselines."""
+    """Train MTL + single-task models for one seed, then evaluate them and the baselines (named
+    ``<baseline>_seed<s>``) on that seed's split."""
     params, series, split, seed, tasks, out, threads = args
     import torch
 
@@ -62,18 +67,26 @@ def _lane(args: tuple) -> dict:
         }
         predictors.append(NamedPredictor(name, load_predictor(result.checkpoint_dir, device)))
     prog = params.progression
-    baselines = [make_baseline(b, prog.increase, prog.decrease) for b in params.evaluate.baselines]
+    baselines = [
+        NamedPredictor(f"{b}_seed{seed}", make_baseline(b, prog.increase, prog.decrease))
+        for b in params.evaluate.baselines
+    ]
     evaluation = evaluate_predictors(
         series,
         split,
-        [*baselines, *predictors] if seed == 0 else predictors,
+        [*baselines, *predictors],
         params.evaluate,
         prog,
         params.data.max_context,
         params.data.reconstruction,
         progress=False,
     )
-    return {"seed": seed, "runs": runs, "results": evaluation.metrics["results"]}
+    return {
+        "seed": seed,
+        "test": list(split.test),
+        "runs": runs,
+        "results": evaluation.metrics["results"],
+    }
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -99,6 +112,11 @@ def main() -> None:
     parser.add_argument(
         "--tasks", default="seg,future_seg,progression,image", help="single-task models to train"
     )
+    parser.add_argument(
+        "--split-per-seed",
+        action="store_true",
+        help="seed s draws its own patient split (seed 0: the params split)",
+    )
     parser.add_argument("--out", type=Path, default=Path("data/bench/mtl_vs_single"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -109,26 +127,36 @@ def main() -> None:
 
     params = load_config(args.params, [*args.set, "train.progress=false"])
     series = load_series(params.registry.url, params.registry.sqlite_timeout_s)
-    if Path(params.data.split_file).exists():
-        split = load_split(params.data.split_file)
+    patients = [s.patient for s in series]
+    data = params.data
+    if Path(data.split_file).exists():
+        split = load_split(data.split_file)
     else:
-        patients = [s.patient for s in series]
-        split = make_split(
-            patients, params.data.val_fraction, params.data.test_fraction, params.seed
-        )
+        split = make_split(patients, data.val_fraction, data.test_fraction, params.seed)
         save_split(split, args.out / "split.json")
+    splits = [
+        make_split(patients, data.val_fraction, data.test_fraction, seed)
+        if args.split_per_seed and seed != params.seed
+        else split
+        for seed in range(args.seeds)
+    ]
     tasks = tuple(t for t in args.tasks.split(",") if t)
-    run_bench(params, series, split, args.seeds, tasks, args.out, args.lanes, args.threads)
+    run_bench(params, series, splits, tasks, args.out, args.lanes, args.threads)
 
 
-def run_bench(
-    params, series, split, seeds: int, tasks, out: Path, lanes: int, threads: int
-) -> dict:
-    """Train and evaluate every seed's models; print, write and return the comparison."""
-    logging.info(
-        "split: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test)
-    )
-    jobs = [(params, series, split, seed, tasks, out, threads) for seed in range(seeds)]
+def run_bench(params, series, splits: list, tasks, out: Path, lanes: int, threads: int) -> dict:
+    """Train and evaluate every seed's models (seed s on ``splits[s]``); print, write and
+    return the comparison."""
+    seeds = len(splits)
+    for seed, split in enumerate(splits):
+        logging.info(
+            "seed %d split: %d train, %d val, %d test",
+            seed,
+            len(split.train),
+            len(split.val),
+            len(split.test),
+        )
+    jobs = [(params, series, split, seed, tasks, out, threads) for seed, split in enumerate(splits)]
     t0 = time.perf_counter()
     if lanes > 1:
         ctx = multiprocessing.get_context("spawn")
@@ -146,19 +174,22 @@ def run_bench(
     report: dict = {"seeds": seeds, "wall_time_s": wall, "runs": {}, "checks": {}}
     for lane in lanes:
         report["runs"].update(lane["runs"])
-    print(f"\n=== MTL vs single-task, {seeds} seed(s), test patients {list(split.test)} ===")
+    tested = {seed: lane["test"] for seed, lane in enumerate(lanes)}
+    report["test_patients"] = tested
+    print(f"\n=== MTL vs single-task, {seeds} seed(s), test patients per seed {tested} ===")
     dice_mtl = _mean_std(seeds_of("mtl", "future", "dice_lesion"))
     vol_mtl = _mean_std(seeds_of("mtl", "future", "volume_abs_error_ml"))
     img_mtl = _mean_std(seeds_of("mtl", "future", "image_mae_change"))
     copy = {
-        m: _metric(results, "copy_last", "future", m) for m in ("dice_lesion", "image_mae_change")
+        m: statistics.fmean(seeds_of("copy_last", "future", m))
+        for m in ("dice_lesion", "image_mae_change")
     }
     extrap = min(
-        v
-        for v in (
-            _metric(results, b, "future", "volume_abs_error_ml") for b in ("linear", "exponential")
+        statistics.fmean(values)
+        for values in (
+            seeds_of(b, "future", "volume_abs_error_ml") for b in ("linear", "exponential")
         )
-        if v is not None
+        if values
     )
     checks = report["checks"]
     checks["future_dice"] = {"mtl": dice_mtl, "copy_last": copy["dice_lesion"]}
@@ -180,6 +211,18 @@ def run_bench(
         f"image MAE change:     MTL {img_mtl[0]:.4f} +- {img_mtl[1]:.4f} vs copy-last "
         f"{copy['image_mae_change']:.4f} -> ratio {checks['image_mae_change']['ratio']:.3f}"
     )
+    print("per seed (MTL / baseline): future Dice / copy-last, volume MAE / linear, image / copy")
+    for seed in range(seeds):
+
+        def ratio(base: str, metric: str, seed: int = seed) -> float:
+            mtl = _metric(results, f"mtl_seed{seed}", "future", metric)
+            return mtl / _metric(results, f"{base}_seed{seed}", "future", metric)
+
+        print(
+            f"  seed {seed}: {ratio('copy_last', 'dice_lesion'):.3f}  "
+            f"{ratio('linear', 'volume_abs_error_ml'):.3f}  "
+            f"{ratio('copy_last', 'image_mae_change'):.3f}"
+        )
     single_time = 0.0
     for task in tasks:
         kind, metric, direction = OWN_METRIC[task]

@@ -66,7 +66,7 @@ def main() -> None:
     save_split(split, args.out / "split.json")
     tasks = ("future_seg", "progression", "image")
     run_bench(
-        params, series, split, args.seeds, tasks, args.out / "bench", args.lanes, args.threads
+        params, series, [split] * args.seeds, tasks, args.out / "bench", args.lanes, args.threads
     )
 
 

@@ -26,6 +26,11 @@ class NamedPredictor:
     name: str
     model: Predictor
 
+    @property
+    def segments(self) -> bool:
+        """Whether the model answers ``current`` (segmentation) cases."""
+        return getattr(self.model, "segments", True)
+
     def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
         return self.model.predict(context, target_days)
 
