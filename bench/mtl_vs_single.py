@@ -12,10 +12,10 @@ measured in this run:
 
 Seeds run as parallel lanes (``--lanes``); within a lane the runs are sequential, so MTL and
 its single-task counterparts share the same conditions. With ``--split-per-seed`` seed s also
-draws its own patient split (``make_split`` with seed s; seed 0 is the params split), so the
-seeds test on different held-out patients (repeated random sub-sampling); the baselines are
-evaluated on every seed's split and compared by their mean over seeds. Writes ``bench.json``
-into ``--out``.
+draws its own patient split (``make_split`` with seed s; the params seed keeps the split
+file), so the seeds test on different held-out patients (repeated random sub-sampling); the
+baselines are evaluated on every seed's split and compared by their mean over seeds. Writes
+``bench.json`` into ``--out``.
 
 Example: python bench/mtl_vs_single.py --seeds 3 --split-per-seed --threads 2
 """
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument(
         "--split-per-seed",
         action="store_true",
-        help="seed s draws its own patient split (seed 0: the params split)",
+        help="seed s draws its own patient split (the params seed keeps data.split_file)",
     )
     parser.add_argument("--out", type=Path, default=Path("data/bench/mtl_vs_single"))
     args = parser.parse_args()
@@ -213,16 +213,16 @@ def run_bench(params, series, splits: list, tasks, out: Path, lanes: int, thread
     )
     print("per seed (MTL / baseline): future Dice / copy-last, volume MAE / linear, image / copy")
     for seed in range(seeds):
-
-        def ratio(base: str, metric: str, seed: int = seed) -> float:
-            mtl = _metric(results, f"mtl_seed{seed}", "future", metric)
-            return mtl / _metric(results, f"{base}_seed{seed}", "future", metric)
-
-        print(
-            f"  seed {seed}: {ratio('copy_last', 'dice_lesion'):.3f}  "
-            f"{ratio('linear', 'volume_abs_error_ml'):.3f}  "
-            f"{ratio('copy_last', 'image_mae_change'):.3f}"
+        ratios = (
+            _metric(results, f"mtl_seed{seed}", "future", metric)
+            / _metric(results, f"{base}_seed{seed}", "future", metric)
+            for base, metric in (
+                ("copy_last", "dice_lesion"),
+                ("linear", "volume_abs_error_ml"),
+                ("copy_last", "image_mae_change"),
+            )
         )
+        print(f"  seed {seed}: " + "  ".join(f"{r:.3f}" for r in ratios))
     single_time = 0.0
     for task in tasks:
         kind, metric, direction = OWN_METRIC[task]
