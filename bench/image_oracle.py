@@ -90,8 +90,8 @@ def main() -> None:
                 batch["images"],
                 batch["contrast_present"],
                 probs,
+                probs[:, int(batch["ref_slot"][0])],
                 batch["visit_valid"],
-                batch["ref_slot"],
                 reference,
             )
             ref_oh, true_oh = onehot(truth.reference.label), onehot(truth.target.label)

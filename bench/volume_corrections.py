@@ -34,6 +34,7 @@ def main() -> None:
     from mtlgen.data.splits import make_split
     from mtlgen.evaluate.baselines import fit_volume
     from mtlgen.evaluate.metrics import label_volume_ml
+    from mtlgen.models.mtl_net import MAX_LOG_VOLUME
     from mtlgen.registry.series import load_series
 
     params = load_config(args.params)
@@ -65,7 +66,7 @@ def main() -> None:
         if line is None:  # one visit: every extrapolation is the last volume
             return volumes[-1]
         loglin = fit_volume(days, [math.log1p(v) for v in volumes], target, "linear")
-        lin, log, last = math.log1p(line), min(max(loglin, 0.0), 7.0), math.log1p(volumes[-1])
+        lin, log, last = math.log1p(line), min(loglin, MAX_LOG_VOLUME), math.log1p(volumes[-1])
         return math.expm1(lin + w1 * (log - lin) + w2 * (last - lin))
 
     def mae(w1: float, w2: float, chosen) -> float:

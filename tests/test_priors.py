@@ -91,24 +91,24 @@ def test_stable_tissue_mean_averages_visits_whose_label_agrees_with_the_referenc
     probs = F.one_hot(labels, 3).movedim(-1, 2).float()
     present = torch.tensor([[[True], [True], [True]]])
     valid = torch.ones(1, 3, dtype=torch.bool)
-    ref = torch.tensor([2])
+    ref_probs = probs[:, 2]  # the last visit is the reference
     fallback = torch.full((1, 1, 4), -1.0)
-    mean = stable_tissue_mean(images, present, probs, valid, ref, fallback)
+    mean = stable_tissue_mean(images, present, probs, ref_probs, valid, fallback)
     assert mean.tolist() == [[[2.0, 3.0, 4.0, 9.0]]]  # the new lesion voxel: reference only
     # a visit without the contrast, or a padding slot, does not count
     absent = stable_tissue_mean(
         images,
         present & torch.tensor([True, False, True])[None, :, None],
         probs,
+        ref_probs,
         valid,
-        ref,
         fallback,
     )
     assert absent.tolist() == [[[1.5, 2.5, 3.5, 9.0]]]
     padded = stable_tissue_mean(
-        images, present, probs, torch.tensor([[False, True, True]]), ref, fallback
+        images, present, probs, ref_probs, torch.tensor([[False, True, True]]), fallback
     )
     assert padded.tolist() == [[[2.5, 3.5, 4.5, 9.0]]]
     # no visit with the contrast: the fallback
-    none = stable_tissue_mean(images, present & False, probs, valid, ref, fallback)
+    none = stable_tissue_mean(images, present & False, probs, ref_probs, valid, fallback)
     assert none.tolist() == fallback.tolist()

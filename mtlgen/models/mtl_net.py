@@ -255,8 +255,9 @@ class MultiTaskNet(nn.Module):
             out["future_logits"] = logits
             future_probs = logits.softmax(dim=1)
         if "image" in self.tasks:
+            fallback = reference_image(images, present, ref)
             base = stable_tissue_mean(
-                images, present, probs.detach(), valid, ref, reference_image(images, present, ref)
+                images, present, probs.detach(), ref_probs.detach(), valid, fallback
             )
             out["image_base"] = base
             expected = class_mean_change(

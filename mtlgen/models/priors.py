@@ -132,17 +132,17 @@ def stable_tissue_mean(
     images: torch.Tensor,
     present: torch.Tensor,
     probs: torch.Tensor,
+    ref_probs: torch.Tensor,
     valid: torch.Tensor,
-    ref: torch.Tensor,
     fallback: torch.Tensor,
 ) -> torch.Tensor:
     """Mean over the context visits of ``images`` [B, K, C, *S], each visit weighted per voxel by
-    the probability that its label equals the reference visit's (``probs`` [B, K, 3, *S]) and by
-    whether it has the contrast (``present`` [B, K, C]) and is a visit (``valid`` [B, K]).
-    Voxels no visit covers take ``fallback`` [B, C, *S]. -> [B, C, *S]."""
+    the probability that its label (``probs`` [B, K, 3, *S]) equals the reference visit's
+    (``ref_probs`` [B, 3, *S]) and by whether it has the contrast (``present`` [B, K, C]) and is
+    a visit (``valid`` [B, K]). Voxels no visit covers take ``fallback`` [B, C, *S].
+    -> [B, C, *S]."""
     b, k = valid.shape
     ones = (1,) * (images.dim() - 3)
-    ref_probs = probs[torch.arange(b, device=probs.device), ref]  # [B, 3, *S]
     agree = (probs * ref_probs[:, None]).sum(dim=2, keepdim=True)  # [B, K, 1, *S]
     weight = agree * (present * valid[..., None]).to(images.dtype).reshape(b, k, -1, *ones)
     total = weight.sum(dim=1)
