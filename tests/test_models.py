@@ -45,15 +45,17 @@ def test_every_sharing_strategy_trains_every_head(sharing, batch):
     assert out["log_volume"].shape == (2, 2) and out["status_logits"].shape == (2, 3)
     loss = sum(v.float().square().mean() for v in out.values()) + net.penalty()
     loss.backward()
-    for task in TASKS:
+    assert net.feature_tasks == ("seg", "future_seg", "image")
+    for task in net.feature_tasks:
         grads = [p.grad for p in net.trunk.affinity_parameters(task)]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), task
+    assert net.extrapolation_weights.grad.abs().sum() > 0
 
 
 def test_hard_sharing_uses_one_encoder_for_all_tasks():
     net = _net("hard")
     assert isinstance(net.trunk, HardTrunk)
-    params = [net.trunk.affinity_parameters(t) for t in TASKS]
+    params = [net.trunk.affinity_parameters(t) for t in net.feature_tasks]
     assert all(all(a is b for a, b in zip(params[0], p, strict=True)) for p in params[1:])
     soft = _net("soft")
     assert not any(
@@ -72,7 +74,7 @@ def test_soft_penalty_is_zero_for_identical_encoders_and_grows_with_difference(k
     trunk: SoftTrunk = net.trunk
     first = trunk.encoders["seg"].state_dict()
     first_fusion = trunk.fusions["seg"].state_dict()
-    for t in TASKS:
+    for t in net.feature_tasks:
         trunk.encoders[t].load_state_dict(first)
         trunk.fusions[t].load_state_dict(first_fusion)
     assert float(net.penalty()) == 0.0
@@ -85,11 +87,10 @@ def test_soft_penalty_is_zero_for_identical_encoders_and_grows_with_difference(k
         values.append(float(net.penalty()))
     assert 0 < values[0] < values[1]
     n = sum(p.numel() for p in trunk.encoders["image"].parameters())
-    # one task off by s from three identical ones: deviations 3s/4 and s/4 (x3) from the mean
+    # one of the three trunk tasks off by s: deviations 2s/3 and s/3 (x2) from the mean
+    third = 0.02 / 3
     expected = (
-        n * ((0.75 * 0.02) ** 2 + 3 * (0.25 * 0.02) ** 2)
-        if kind == "l2"
-        else n * (0.75 * 0.02 + 3 * 0.25 * 0.02)
+        n * ((2 * third) ** 2 + 2 * third**2) if kind == "l2" else n * (2 * third + 2 * third)
     )
     assert values[1] == pytest.approx(0.1 * expected, rel=1e-3)
 
@@ -99,7 +100,7 @@ def test_mtan_masks_are_per_task_and_gate_shared_features(batch):
     trunk: MtanTrunk = net.trunk
     x = torch.randn(4, 7, 16, 16, 16)
     feats = trunk.encoder(x)
-    masks = {t: trunk.masks(feats, t) for t in TASKS}
+    masks = {t: trunk.masks(feats, t) for t in net.feature_tasks}
     assert all(len(m) == 3 and m[0].shape == feats[0].shape for m in masks.values())
     assert all(((m > 0) & (m < 1)).all() for ms in masks.values() for m in ms)
     assert not torch.allclose(masks["seg"][1], masks["image"][1])
@@ -121,12 +122,28 @@ def test_cross_task_attention_mixes_information_between_tasks(batch):
 def test_target_time_conditions_the_prediction(batch):
     net = _net()
     with torch.no_grad():
-        net.progression_mlp[-1].weight.normal_(0, 0.1)
+        net.extrapolation_weights.normal_(0, 0.5)
         a = net(batch)
         shifted = {**batch, "years": batch["years"] - 0.5}
         b = net(shifted)
     assert not torch.allclose(a["image"], b["image"])
     assert not torch.allclose(a["log_volume"], b["log_volume"])
+
+
+def test_progression_starts_at_linear_extrapolation_and_needs_no_trunk(batch):
+    net = _net(tasks=("progression",))
+    assert net.trunk is None and net.feature_tasks == ()
+    with torch.no_grad():
+        out = net(batch)
+    valid, years = batch["visit_valid"], batch["years"]
+    for i in range(2):  # least-squares line of the context core volumes, read at the target
+        n = int(valid[i].sum())
+        assert n >= 2 and bool(batch["mask_present"][i, :n].all())
+        core = (batch["masks"][i, :n] == 1).flatten(1).sum(-1) * batch["voxel_ml"][i]
+        t, v = years[i, :n].double(), core.double()
+        slope = ((t - t.mean()) * (v - v.mean())).sum() / (t - t.mean()).square().sum()
+        line = float(v.mean() - slope * t.mean())
+        assert float(out["log_volume"][i, 0].expm1()) == pytest.approx(max(line, 0.0), abs=1e-3)
 
 
 def test_reference_image_takes_the_latest_visit_that_has_the_contrast():
@@ -159,7 +176,7 @@ def test_checkpoint_of_another_version_is_refused_with_the_reason(tmp_path):
     net = _net("hard", tasks=("progression",))
     save_checkpoint(tmp_path, net, {"tasks": ["progression"], **SMALL}, {})
     weights = load_file(str(tmp_path / "model.safetensors"))
-    weights["old_head.weight"] = weights.pop("progression_mlp.0.weight")
+    weights["old_head.weight"] = weights.pop("extrapolation_weights")
     save_file(weights, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"model.safetensors: weights do not fit.*retrain"):
         load_checkpoint(tmp_path)

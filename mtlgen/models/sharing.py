@@ -96,8 +96,8 @@ class SoftTrunk(Trunk):
         groups = list(zip(*(self.affinity_parameters(t) for t in self.tasks), strict=True))
         total = groups[0][0].new_zeros(())
         for group in groups:
-            stack = torch.stack(group)
-            diff = stack - stack.mean(dim=0, keepdim=True)
+            offset = torch.stack(group) - group[0]  # exact zeros for identical weights
+            diff = offset - offset.mean(dim=0, keepdim=True)
             total = total + (diff.pow(2).sum() if self.kind == "l2" else diff.abs().sum())
         return self.lam * total
 

@@ -236,7 +236,13 @@ def train_model(
     )
     trainable = [*model.parameters(), *(p for p in weighting.parameters() if p.requires_grad)]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    pc_params = _unique(model.trunk.affinity_parameters(tasks[0])) if cfg.pcgrad else []
+    # task affinity and gradient surgery act on the trunk, i.e. on the tasks that read it
+    shared_tasks = model.feature_tasks
+    pc_params = (
+        _unique(model.trunk.affinity_parameters(shared_tasks[0]))
+        if cfg.pcgrad and len(shared_tasks) > 1
+        else []
+    )
 
     fingerprint = _fingerprint(params, tasks, split)
     last_dir, best_dir = out_dir / "last", out_dir / "best"
@@ -296,7 +302,7 @@ def train_model(
         return metrics
 
     def affinity() -> list[list[float]] | None:
-        if len(tasks) < 2 or cfg.affinity_batches == 0 or rank != 0:
+        if len(shared_tasks) < 2 or cfg.affinity_batches == 0 or rank != 0:
             return None
         saved_epoch = train_ds.epoch
         train_ds.set_epoch(-1)
@@ -304,7 +310,9 @@ def train_model(
         mats = []
         for batch in _batches(train_ds, range(count), cfg.batch_size):
             losses = forward_losses(_to(batch, device))
-            grads = [_flat_grad(losses[t], model.trunk.affinity_parameters(t)) for t in tasks]
+            grads = [
+                _flat_grad(losses[t], model.trunk.affinity_parameters(t)) for t in shared_tasks
+            ]
             mats.append(gradient_cosine(grads))
         train_ds.set_epoch(saved_epoch)
         return (sum(mats) / len(mats)).tolist()
@@ -335,7 +343,7 @@ def train_model(
             total = sum(terms.values()) + model.penalty().to(device)
             optimizer.zero_grad(set_to_none=True)
             if pc_params:
-                grads = [_flat_grad(terms[t], pc_params) for t in tasks]
+                grads = [_flat_grad(terms[t], pc_params) for t in shared_tasks]
                 total.backward()
                 merged = pcgrad(grads, _seeded(params.seed, epoch, step)).to(device)
                 offset = 0
@@ -411,7 +419,7 @@ def train_model(
             import numpy as np
 
             affinity_json, affinity_png = write_affinity(
-                [np.array(m) for m in loop["affinity"]], tasks, out_dir
+                [np.array(m) for m in loop["affinity"]], shared_tasks, out_dir
             )
     result = TrainResult(
         checkpoint_dir=best_dir,
