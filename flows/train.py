@@ -57,14 +57,19 @@ def train_task(params_file: str, overrides: list[str]) -> dict[str, str]:
 def evaluate_task(params_file: str, overrides: list[str], candidate: str) -> dict[str, str]:
     """Evaluate the candidate, the current champion (if any) and the baselines on the split's
     test patients; return the metrics file and the champion version it was compared with."""
-    from mtlgen.track.registry import CHAMPION, download_checkpoint
+    from mtlgen.track.registry import CHAMPION, checkpoint_problem, download_checkpoint
     from mtlgen.track.stage import evaluate_tracked
 
     params = load_params(params_file, overrides)
     with tempfile.TemporaryDirectory(prefix="mtlgen-champion-") as tmp:
         checkpoints, champion = {"candidate": Path(candidate)}, ""
         with contextlib.suppress(LookupError):  # no champion yet
-            checkpoints["champion"], champion = download_checkpoint(params.tracking, tmp, CHAMPION)
+            path, version = download_checkpoint(params.tracking, tmp, CHAMPION)
+            problem = checkpoint_problem(path)
+            if problem is None:
+                checkpoints["champion"], champion = path, version
+            else:  # promotion replaces it (mtlgen.track.promotion)
+                get_run_logger().warning("champion v%s not evaluated: %s", version, problem)
         params.evaluate.checkpoints = checkpoints  # validated on assignment
         evaluate_tracked(params, progress=False)
     return {"metrics": str(params.evaluate.out_dir / "metrics.json"), "champion": champion}

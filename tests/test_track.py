@@ -239,6 +239,29 @@ def test_register_promote_and_load_by_alias(store, tmp_path) -> None:
     exercise_registry(store, tmp_path)
 
 
+def test_champion_that_no_longer_loads_is_replaced_with_the_reason(store, tmp_path) -> None:
+    """A champion trained by an older network cannot serve: a worse candidate replaces it."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = store.model_copy(update={"model_name": "test-stale"})
+    stale = make_checkpoint(tmp_path / "stale", 0)
+    weights = load_file(str(stale / "model.safetensors"))
+    weights["old_head.weight"] = weights.pop("seg.weight")  # the network has changed since
+    save_file(weights, str(stale / "model.safetensors"))
+    versions = []
+    for ckpt in (stale, make_checkpoint(tmp_path / "fresh", 1)):
+        with tracked_run(cfg, "train") as run:
+            run.log_params({"seed": 0})
+            versions.append(register_checkpoint(ckpt, cfg.model_name))
+    assert promote(cfg, {"dice": 0.9, "volume_mae": 0.1}, PRIMARY, "a" * 64, versions[0]).promoted
+    decision = promote(cfg, {"dice": 0.5, "volume_mae": 0.9}, PRIMARY, "a" * 64, versions[1])
+    assert decision.promoted and decision.champion_version == versions[0]
+    assert "no longer loads" in decision.reason and "retrain" in decision.reason
+    assert f"test-stale v{versions[0]}" in decision.reason and str(tmp_path) not in decision.reason
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(cfg.model_name, CHAMPION).version) == versions[1]
+
+
 @contextmanager
 def mlflow_server(root: Path) -> Iterator[str]:
     """A real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1 and a free port,

@@ -1,5 +1,7 @@
 """The promotion rule: a candidate becomes champion only if it is no worse than the current
-champion on every primary metric, measured on the same test split.
+champion on every primary metric, measured on the same test split. A champion that this version
+of mtlgen can no longer load (the network changed since it was trained) cannot serve
+predictions: the candidate replaces it, and the reason says so.
 
 Evaluation results are stored on each model version as tags (``eval.<metric>``,
 ``eval.split_sha256``) so that the champion's numbers are there to compare against later. Every
@@ -17,7 +19,7 @@ from typing import Any, Literal
 
 from mtlgen.config import Params, TrackingConfig
 from mtlgen.track.logger import flatten
-from mtlgen.track.registry import CANDIDATE, CHAMPION, resolve_version
+from mtlgen.track.registry import CANDIDATE, CHAMPION, loading_problem, resolve_version
 from mtlgen.track.run import tracked_run
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ def compare(
 
 
 def _decide(
+    cfg: TrackingConfig,
     client: Any,
     name: str,
     version: str,
@@ -106,6 +109,10 @@ def _decide(
     champion_version = str(champion.version)
     if champion_version == version:
         return champion_version, True, "already the champion", no_champion
+    problem = loading_problem(cfg, champion_version, name)
+    if problem is not None:
+        reason = f"champion v{champion_version} no longer loads, so it is replaced: {problem}"
+        return champion_version, True, reason, no_champion
     tags = champion.tags
     if tags.get(SPLIT_TAG) != split_sha256:
         reason = (
@@ -146,7 +153,9 @@ def promote(
     for metric, value in values.items():
         client.set_model_version_tag(name, version, f"eval.{metric}", repr(value))
     client.set_model_version_tag(name, version, SPLIT_TAG, split_sha256)
-    before, promoted, reason, rows = _decide(client, name, version, values, split_sha256, primary)
+    before, promoted, reason, rows = _decide(
+        cfg, client, name, version, values, split_sha256, primary
+    )
     decision = Decision(name, version, before, promoted, reason, split_sha256, rows)
     with tracked_run(cfg, f"promote-{name}-v{version}", {"mtlgen.stage": "promote"}) as run:
         run.log_params(

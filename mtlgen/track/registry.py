@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import yaml
 
 from mtlgen.config import TrackingConfig
 from mtlgen.ids import check_token
-from mtlgen.models.checkpoint import CONFIG, WEIGHTS
+from mtlgen.models.checkpoint import CONFIG, WEIGHTS, load_checkpoint
 from mtlgen.track.run import connect
 
 log = logging.getLogger(__name__)
@@ -114,3 +115,22 @@ def download_checkpoint(
     if flavor.get("loader_module") != LOADER:
         raise ValueError(f"{uri}: not an mtlgen checkpoint (loader {flavor.get('loader_module')})")
     return local / flavor["data"], version
+
+
+def checkpoint_problem(checkpoint_dir: Path | str) -> str | None:
+    """Why the checkpoint cannot be loaded by this version of mtlgen (its weights or settings do
+    not fit the current network), or None when it loads."""
+    try:
+        load_checkpoint(checkpoint_dir)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def loading_problem(cfg: TrackingConfig, ref: str, model_name: str | None = None) -> str | None:
+    """``checkpoint_problem`` of registered model ``ref`` (alias or version)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, version = download_checkpoint(cfg, tmp, ref, model_name)
+        problem = checkpoint_problem(checkpoint)
+        name = f"{model_name or cfg.model_name} v{version}"
+        return None if problem is None else problem.replace(str(checkpoint), name)
