@@ -6,7 +6,7 @@ patient to ``--box`` voxels around the brain and normalises each image (the test
 stand-in for registration, ``tests/conftest.py::write_aligned_series``), then runs
 ``run_bench``. The numbers in docs/model.md name the command that produced them.
 
-Example (H200): python bench/mtl_vs_single_synth.py --out /tmp/run -S train.epochs=20
+Example (H200): python bench/mtl_vs_single_synth.py --out /tmp/run --split-per-seed --lanes 3
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--lanes", type=int, default=3, help="seeds trained in parallel")
     parser.add_argument("--threads", type=int, default=3, help="torch threads per lane")
+    parser.add_argument(
+        "--split-per-seed", action="store_true", help="seed s draws its own patient split"
+    )
     parser.add_argument("-S", "--set", action="append", default=[], help="params override")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mtl_vs_single_synth"))
     args = parser.parse_args()
@@ -62,12 +65,13 @@ def main() -> None:
         f"cohort ready in {time.perf_counter() - t0:.0f} s: {len(series)} patients, {visits} visits"
     )
     params = load_config(ROOT / "params.yaml", ["train.progress=false", *args.set])
-    split = make_split([s.patient for s in series], 0.15, 0.2, 0)
-    save_split(split, args.out / "split.json")
+    ids = [s.patient for s in series]
+    splits = [
+        make_split(ids, 0.15, 0.2, seed if args.split_per_seed else 0) for seed in range(args.seeds)
+    ]
+    save_split(splits[0], args.out / "split.json")
     tasks = ("future_seg", "progression", "image")
-    run_bench(
-        params, series, [split] * args.seeds, tasks, args.out / "bench", args.lanes, args.threads
-    )
+    run_bench(params, series, splits, tasks, args.out / "bench", args.lanes, args.threads)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ def _peak_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(params_path: str, overrides: list[str], grid: str, task: str, steps: int) -> dict:
+def measure(
+    params_path: str, overrides: list[str], grid: str, task: str, steps: int, patients: int
+) -> dict:
     """Time ``steps`` training steps of one model on one grid (runs in a child process)."""
     import torch
     import torch.nn.functional as F
@@ -52,6 +54,7 @@ def measure(params_path: str, overrides: list[str], grid: str, task: str, steps:
     series = load_series(params.registry.url, params.registry.sqlite_timeout_s)
     if not series:
         raise SystemExit(f"no registered series in {params.registry.url}: run mtlgen register")
+    series = series[:patients] if patients > 0 else series
     prog = params.progression
     ds = LongitudinalDataset(series, params.data, prog.increase, prog.decrease, 3, True, 0)
     size = tuple(params.preprocess.shape) if grid == "default" else (int(grid),) * 3
@@ -124,10 +127,18 @@ def main() -> None:
     parser.add_argument(
         "--grids", nargs="+", default=["default", "64"], help="'default' and/or cube edges"
     )
+    parser.add_argument(
+        "--patients",
+        type=int,
+        default=0,
+        help="use only the first N registered patients (0: all); their scans are all it reads",
+    )
     parser.add_argument("--child", nargs=2, metavar=("GRID", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = measure(args.params, args.set, args.child[0], args.child[1], args.steps)
+        result = measure(
+            args.params, args.set, args.child[0], args.child[1], args.steps, args.patients
+        )
         print(json.dumps(result))
         return
     overrides = [x for s in args.set for x in ("-S", s)]
@@ -135,7 +146,8 @@ def main() -> None:
         rows = {}
         for task in TASKS:
             cmd = [sys.executable, __file__, "-p", args.params, *overrides]
-            cmd += ["--steps", str(args.steps), "--child", grid, task]
+            cmd += ["--steps", str(args.steps), "--patients", str(args.patients)]
+            cmd += ["--child", grid, task]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{grid}/{task} failed:\n{done.stderr[-2000:]}")
