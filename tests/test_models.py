@@ -84,7 +84,7 @@ def test_soft_penalty_is_zero_for_identical_encoders_and_grows_with_difference(k
             trunk.encoders["image"].load_state_dict(first)
             for p in trunk.encoders["image"].parameters():
                 p.add_(scale)
-        values.append(float(net.penalty()))
+        values.append(float(net.penalty().detach()))
     assert 0 < values[0] < values[1]
     n = sum(p.numel() for p in trunk.encoders["image"].parameters())
     # one of the three trunk tasks off by s: deviations 2s/3 and s/3 (x2) from the mean
