@@ -2,10 +2,11 @@
 patients? A check without any network, on the registered cohort's true label volumes.
 
 For each split seed (``make_split``, as ``bench/mtl_vs_single.py --split-per-seed``), it fits
-the correction family the progression head uses (log-volume of the least-squares line moved by
-weights w1 towards the log-linear fit and w2 towards the last volume) as *global* weights, by
-grid search on the train + val patients' future cases (core volume MAE in mL), and prints the
-test patients' MAE of linear extrapolation and of the fitted correction.
+the progression head's correction (``mtlgen.models.priors.extrapolated_log_volume``: the
+log-volume of the least-squares line moved by w1 towards the log-linear fit and w2 towards the
+last volume) by grid search of the two core-volume weights on the train + val patients' future
+cases (core volume MAE in mL), and prints the test patients' MAE of linear extrapolation and of
+the fitted correction. The network learns the same weights by gradient descent.
 
 Example: python bench/volume_corrections.py --seeds 6
 """
@@ -13,7 +14,6 @@ Example: python bench/volume_corrections.py --seeds 6
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 
@@ -28,19 +28,21 @@ def main() -> None:
 
     import nibabel as nib
     import numpy as np
+    import torch
 
     from mtlgen.config import load_config
     from mtlgen.data.samples import enumerate_samples
     from mtlgen.data.splits import make_split
-    from mtlgen.evaluate.baselines import fit_volume
     from mtlgen.evaluate.metrics import label_volume_ml
-    from mtlgen.models.mtl_net import MAX_LOG_VOLUME
+    from mtlgen.models.priors import extrapolated_log_volume
     from mtlgen.registry.series import load_series
 
     params = load_config(args.params)
     data = params.data
+    k = data.max_context
     series = load_series(params.registry.url, params.registry.sqlite_timeout_s)
-    cases: dict[str, list[tuple[list[float], list[float], float, float]]] = {}
+    # per patient, its future cases: (context years before the target, context volumes, truth)
+    cases: dict[str, list[tuple[list[float], list[float], float]]] = {}
     for patient in series:
         if any(v.label is None for v in patient.visits):
             continue
@@ -51,34 +53,38 @@ def main() -> None:
         days = [v.days for v in patient.visits]
         cases[patient.patient] = [
             (
-                [days[i] for i in s.context],
+                [(days[i] - days[s.target]) / 365.25 for i in s.context],
                 [volumes[i] for i in s.context],
-                days[s.target],
                 volumes[s.target],
             )
-            for s in enumerate_samples(patient, data.max_context, data.reconstruction)
+            for s in enumerate_samples(patient, k, data.reconstruction)
             if s.kind == "future"
         ]
 
-    def corrected(w1: float, w2: float, case) -> float:
-        days, volumes, target, _ = case
-        line = fit_volume(days, volumes, target, "linear")
-        if line is None:  # one visit: every extrapolation is the last volume
-            return volumes[-1]
-        loglin = fit_volume(days, [math.log1p(v) for v in volumes], target, "linear")
-        lin, log, last = math.log1p(line), min(loglin, MAX_LOG_VOLUME), math.log1p(volumes[-1])
-        return math.expm1(lin + w1 * (log - lin) + w2 * (last - lin))
+    def batch(chosen):
+        """The cases as the network's tensors: volumes [N, K, 1], years, valid, ref, truth."""
+        n = len(chosen)
+        volumes, years = torch.zeros(n, k, 1), torch.zeros(n, k)
+        valid = torch.zeros(n, k, dtype=torch.bool)
+        for i, (y, v, _) in enumerate(chosen):
+            volumes[i, : len(v), 0], years[i, : len(y)] = torch.tensor(v), torch.tensor(y)
+            valid[i, : len(v)] = True
+        truth = torch.tensor([c[2] for c in chosen])
+        return volumes, years, valid, valid.sum(1) - 1, truth
 
-    def mae(w1: float, w2: float, chosen) -> float:
-        return statistics.fmean(abs(corrected(w1, w2, c) - c[3]) for c in chosen)
+    def mae(w1: float, w2: float, b) -> float:
+        volumes, years, valid, ref, truth = b
+        weights = torch.tensor([[w1, w2]])
+        predicted = extrapolated_log_volume(volumes, years, valid, ref, weights)[:, 0].expm1()
+        return float((predicted - truth).abs().mean())
 
     grid = [(w1 / 10, w2 / 10) for w1 in range(-5, 9) for w2 in range(-5, 11)]
     rows = []
     print("seed    w1    w2  train+val: linear  fitted  test: linear  fitted")
     for seed in range(args.seeds):
         split = make_split(sorted(cases), data.val_fraction, data.test_fraction, seed)
-        fit = [c for p in (*split.train, *split.val) for c in cases.get(p, [])]
-        test = [c for p in split.test for c in cases.get(p, [])]
+        fit = batch([c for p in (*split.train, *split.val) for c in cases.get(p, [])])
+        test = batch([c for p in split.test for c in cases.get(p, [])])
         w1, w2 = min(grid, key=lambda w: mae(*w, fit))
         row = (mae(0, 0, fit), mae(w1, w2, fit), mae(0, 0, test), mae(w1, w2, test))
         rows.append(row)

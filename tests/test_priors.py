@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +11,7 @@ from mtlgen.models.priors import (
     class_mean_change,
     class_means,
     dilate,
+    extrapolated_log_volume,
     gaussian_blur,
     line_at_target,
     nearest_given_mask,
@@ -112,3 +115,22 @@ def test_stable_tissue_mean_averages_visits_whose_label_agrees_with_the_referenc
     # no visit with the contrast: the fallback
     none = stable_tissue_mean(images, present & False, probs, ref_probs, valid, fallback)
     assert none.tolist() == fallback.tolist()
+
+
+def test_extrapolated_log_volume_moves_the_line_towards_the_other_extrapolations():
+    # 1, 2, 3 ml one year apart, target one year after the last visit: line 4 ml, last 3 ml
+    volumes = torch.tensor([[[1.0], [2.0], [3.0]]])
+    years = torch.tensor([[-3.0, -2.0, -1.0]])
+    valid, ref = torch.ones(1, 3, dtype=torch.bool), torch.tensor([2])
+
+    def log_ml(w1: float, w2: float) -> float:
+        weights = torch.tensor([[w1, w2]])
+        return float(extrapolated_log_volume(volumes, years, valid, ref, weights))
+
+    _, intercept = np.polyfit([-3.0, -2.0, -1.0], np.log1p([1.0, 2.0, 3.0]), 1)
+    assert log_ml(0, 0) == pytest.approx(np.log1p(4.0), abs=1e-5)  # linear extrapolation
+    assert log_ml(1, 0) == pytest.approx(intercept, abs=1e-5)  # the log-linear fit
+    assert log_ml(0, 1) == pytest.approx(np.log1p(3.0), abs=1e-5)  # the reference volume
+    halfway = (np.log1p(4.0) + np.log1p(3.0)) / 2
+    assert log_ml(0, 0.5) == pytest.approx(halfway, abs=1e-5)
+    assert log_ml(0, -40) == pytest.approx(np.log1p(1000.0), abs=1e-5)  # capped at 1 litre

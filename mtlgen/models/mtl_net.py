@@ -38,7 +38,7 @@ from mtlgen.models.checkpoint import register_architecture
 from mtlgen.models.priors import (
     class_mean_change,
     dilate,
-    line_at_target,
+    extrapolated_log_volume,
     mask_logits,
     nearest_given_mask,
     prior_probs,
@@ -48,7 +48,6 @@ from mtlgen.models.sharing import build_trunk
 
 TASKS = ("seg", "future_seg", "progression", "image")
 VOLUME_EPS_ML = 0.05
-MAX_LOG_VOLUME = math.log1p(1000.0)
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -202,23 +201,12 @@ class MultiTaskNet(nn.Module):
         core = probs[:, :, 1].flatten(2).sum(-1) * vox
         lesion = (probs[:, :, 1] + probs[:, :, 2]).flatten(2).sum(-1) * vox
         volumes = torch.stack([core, lesion], dim=-1)  # [B, K, 2] in ml
-        log_vol = volumes.log1p()
         ref_core = _gather(core, ref)
 
         delta = torch.zeros(b, device=images.device, dtype=images.dtype)
         if "progression" in self.tasks:
-            candidates = torch.stack(  # [B, 2 volumes, 3 extrapolations] in ml
-                [
-                    line_at_target(volumes, years, valid).clamp_min(0.0),
-                    line_at_target(log_vol, years, valid).clamp(0.0, MAX_LOG_VOLUME).expm1(),
-                    _gather(volumes, ref),
-                ],
-                dim=-1,
-            ).float()
-            logs = candidates.log1p()  # [B, 2, 3]
             weights = torch.tanh(self.extrapolation_weights.float())
-            moved = logs[..., 0] + (weights * (logs[..., 1:] - logs[..., :1])).sum(-1)
-            log_volume = moved.clamp(0.0, MAX_LOG_VOLUME)
+            log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights)
             out["log_volume"] = log_volume
             ratio = torch.log(log_volume[:, 0].expm1() + VOLUME_EPS_ML) - torch.log(
                 ref_core + VOLUME_EPS_ML

@@ -2,6 +2,9 @@
 
 - ``line_at_target``: least-squares line through the context visits' values over time, read
   at the target (t = 0): linear volume extrapolation (or interpolation) inside the network.
+- ``extrapolated_log_volume``: that line read for the lesion volumes, moved in log-volume
+  towards or away from the log-linear fit and the reference visit's volume by given weights
+  (zero weights: linear extrapolation).
 - ``nearest_given_mask``: for every context visit, the given mask of the visit nearest in time
   (all visits sit on the baseline's grid, so it is where the lesion was a few months away).
 - ``mask_logits``: a mask as logits, added to a mask head's output so that the head starts
@@ -17,8 +20,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+MAX_LOG_VOLUME = math.log1p(1000.0)  # log(1 + ml): caps extrapolated volumes at 1 litre
 
 
 def dilate(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -47,6 +54,30 @@ def line_at_target(values: torch.Tensor, years: torch.Tensor, valid: torch.Tenso
     cov = (dt[..., None] * values).sum(dim=1)  # [B, V]
     slope = torch.where(spread > 1e-6, cov / spread.clamp_min(1e-6), torch.zeros_like(cov))
     return v_mean - slope * t_mean
+
+
+def extrapolated_log_volume(
+    volumes: torch.Tensor,
+    years: torch.Tensor,
+    valid: torch.Tensor,
+    ref: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """log(1 + volume) at the target (t = 0): the least-squares line of ``volumes`` [B, K, V]
+    (ml) over ``years`` [B, K] (valid [B, K] visits), moved in log-volume by ``weights`` [V, 2]
+    towards the log-linear fit (column 0) and towards the volume of slot ``ref`` [B] (column 1).
+    Zero weights give linear extrapolation. -> [B, V] float32 in [0, MAX_LOG_VOLUME]."""
+    candidates = torch.stack(  # [B, V, 3 extrapolations] in ml
+        [
+            line_at_target(volumes, years, valid).clamp_min(0.0),
+            line_at_target(volumes.log1p(), years, valid).clamp(0.0, MAX_LOG_VOLUME).expm1(),
+            volumes[torch.arange(volumes.shape[0], device=volumes.device), ref],
+        ],
+        dim=-1,
+    ).float()
+    logs = candidates.log1p()
+    moved = logs[..., 0] + (weights * (logs[..., 1:] - logs[..., :1])).sum(-1)
+    return moved.clamp(0.0, MAX_LOG_VOLUME)
 
 
 def nearest_given_mask(
