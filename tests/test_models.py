@@ -7,12 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import default_collate
 
 from mtlgen.config import DataConfig
 from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
 from mtlgen.data.series import load_visit
+from mtlgen.models.blocks import PointwiseHead
 from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
 from mtlgen.models.predictor import load_predictor, shape_mask
@@ -144,6 +146,25 @@ def test_progression_starts_at_linear_extrapolation_and_needs_no_trunk(batch):
         slope = ((t - t.mean()) * (v - v.mean())).sum() / (t - t.mean()).square().sum()
         line = float(v.mean() - slope * t.mean())
         assert float(out["log_volume"][i, 0].expm1()) == pytest.approx(max(line, 0.0), abs=1e-3)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pointwise_head_equals_one_layer_over_the_upsampled_features_and_extras(dims):
+    gen = torch.Generator().manual_seed(0)
+    head = PointwiseHead(dims, 4, 2, extra_channels=(3, 1))
+    coarse, size = (5, 6, 4)[:dims], (10, 12, 8)[:dims]
+    features = torch.randn(2, 4, *coarse, generator=gen)
+    probs, constant = torch.rand(2, 3, *size, generator=gen), torch.randn(2, 1, *([1] * dims))
+    mode = "trilinear" if dims == 3 else "bilinear"
+    fine = F.interpolate(features, size=size, mode=mode, align_corners=False)
+    inputs = torch.cat([fine, probs, constant.expand(-1, -1, *size)], dim=1)
+    weight = torch.cat([head.features.weight.flatten(1), *head.extras], dim=1)  # [4, 4 + 3 + 1]
+    layer1 = torch.einsum("oc,nc...->no...", weight, inputs)
+    expected = torch.einsum("oc,nc...->no...", head.out, head.act(F.instance_norm(layer1)))
+    expected = expected + head.out_bias.reshape(-1, *([1] * dims))
+    out = head(features, [probs, constant], size)
+    assert out.shape == (2, 2, *size)
+    assert torch.allclose(out, expected, atol=1e-5)
 
 
 def test_reference_image_takes_the_latest_visit_that_has_the_contrast():

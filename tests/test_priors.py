@@ -51,6 +51,12 @@ def test_dilate_is_a_box_dilation():
     grown = dilate(x, 2)
     assert grown.sum() == 125 and grown[0, 0, 2:7, 2:7, 2:7].min() == 1.0
     assert torch.equal(dilate(x, 2), F.max_pool3d(x, 5, stride=1, padding=2))
+    grey = torch.rand(2, 3, 7, 8, 9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(dilate(grey, 1), F.max_pool3d(grey, 3, stride=1, padding=1))
+    flat = grey[:, :, 0]  # 2-D
+    assert torch.equal(dilate(flat, 2), F.max_pool2d(flat, 5, stride=1, padding=2))
+    region = dilate(grey.requires_grad_(), 1)
+    assert not region.requires_grad  # a region, not a learning signal
 
 
 def test_class_mean_change_gives_new_lesion_voxels_the_lesion_look():

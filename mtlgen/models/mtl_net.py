@@ -117,7 +117,7 @@ class MultiTaskNet(nn.Module):
         f = list(features)
         if "seg" in self.tasks:
             self.seg_decoder = Decoder(spatial_dims, f)
-            self.seg_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=3)
+            self.seg_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=(3,))
             self.seg_prior_weight = nn.Parameter(torch.ones(()))  # of the mask prior's logits
         # decoders of the target-time features: one shared by future_seg and image under hard
         # sharing (their features are the same), else one per task
@@ -127,11 +127,11 @@ class MultiTaskNet(nn.Module):
             {key: Decoder(spatial_dims, f) for key in dict.fromkeys(self.decoder_of.values())}
         )
         if "future_seg" in self.tasks:
-            self.future_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=4)
+            self.future_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=(3, 1))
             self.future_prior_weight = nn.Parameter(torch.ones(()))
         if "image" in self.tasks:
             self.image_head = PointwiseHead(
-                spatial_dims, f[0], 2 * n_contrasts, extra_channels=7 + n_contrasts
+                spatial_dims, f[0], 2 * n_contrasts, extra_channels=(3, 3, 1, n_contrasts)
             )
             # class intensities (ring, core, edema) for a reference scan without a lesion
             self.class_intensity = nn.Parameter(torch.full((3, n_contrasts), 0.5))
@@ -186,7 +186,7 @@ class MultiTaskNet(nn.Module):
             if hidden.any():
                 f = [v[hidden] for v in feats["seg"].visits]
                 prior = nearest_given_mask(onehot, years, given).flatten(0, 1)[hidden]
-                decoded = self.seg_head(self.seg_decoder(f[-1], f[:-1], spatial), prior)
+                decoded = self.seg_head(self.seg_decoder(f[-1], f[:-1]), [prior], spatial)
                 has_prior = prior[:, 2:3]
                 decoded = decoded + self.seg_prior_weight * has_prior * mask_logits(
                     prior_probs(prior)
@@ -218,7 +218,7 @@ class MultiTaskNet(nn.Module):
             )
             delta = log_volume[:, 0] - ref_core.log1p()
         # detached: the mask and image losses condition on the forecast but do not move it
-        delta_map = delta.detach().reshape(b, 1, *ones).expand(b, 1, *spatial)
+        delta_map = delta.detach().reshape(b, 1, *ones)  # a per-sample constant channel
 
         decoded_at_target: dict[str, torch.Tensor] = {}
 
@@ -227,13 +227,13 @@ class MultiTaskNet(nn.Module):
             if key not in decoded_at_target:
                 tf = feats[task]
                 skips = [_gather(v.reshape(b, k, *v.shape[1:]), ref) for v in tf.visits[:-1]]
-                decoded_at_target[key] = self.target_decoders[key](tf.fused, skips, spatial)
+                decoded_at_target[key] = self.target_decoders[key](tf.fused, skips)
             return decoded_at_target[key]
 
         future_probs = ref_probs  # without a future_seg head: no change predicted
         if "future_seg" in self.tasks:
             logits = self.future_head(
-                target_features("future_seg"), torch.cat([ref_probs, delta_map], dim=1)
+                target_features("future_seg"), [ref_probs, delta_map], spatial
             )
             logits = logits + self.future_prior_weight * mask_logits(ref_probs)
             out["future_logits"] = logits
@@ -247,8 +247,10 @@ class MultiTaskNet(nn.Module):
             expected = class_mean_change(
                 base, ref_probs, future_probs, self.class_intensity, self.blur()
             )
-            extra = torch.cat([ref_probs, future_probs, delta_map, expected], dim=1)
-            residual, gate = self.image_head(target_features("image"), extra).chunk(2, dim=1)
+            extra = [ref_probs, future_probs, delta_map, expected]
+            residual, gate = self.image_head(target_features("image"), extra, spatial).chunk(
+                2, dim=1
+            )
             region = dilate(torch.maximum(1 - ref_probs[:, :1], 1 - future_probs[:, :1]), 2)
             out["image_residual"] = region * torch.sigmoid(gate) * residual
             out["image"] = expected + out["image_residual"]

@@ -28,17 +28,26 @@ import torch.nn.functional as F
 MAX_LOG_VOLUME = math.log1p(1000.0)  # log(1 + ml): caps extrapolated volumes at 1 litre
 
 
+def _axis_padding(ndim: int, axis: int, radius: int) -> list[int]:
+    """``F.pad`` widths that pad only ``axis`` of an ``ndim``-d tensor by ``radius`` each side."""
+    pad = [0, 0] * (ndim - 2)
+    pad[2 * (ndim - 1 - axis) : 2 * (ndim - 1 - axis) + 2] = [radius, radius]
+    return pad
+
+
 def dilate(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grey-value dilation of [N, C, *S] by a (2 radius + 1) box: one 1-D max pool per axis
-    (separable, several times faster on a CPU than one box pool)."""
+    """Grey-value dilation of [N, C, *S] by a (2 radius + 1) box, separable: along each axis,
+    the maximum of 2 radius + 1 shifted copies (several times faster on a CPU than max pooling).
+    It marks a region, it is no learning signal: the result carries no gradient."""
+    x = x.detach()
     if radius <= 0:
         return x
-    pool = F.max_pool3d if x.dim() == 5 else F.max_pool2d
-    dims = x.dim() - 2
-    for axis in range(dims):
-        kernel = tuple(2 * radius + 1 if a == axis else 1 for a in range(dims))
-        padding = tuple(radius if a == axis else 0 for a in range(dims))
-        x = pool(x, kernel, stride=1, padding=padding)
+    for axis in range(2, x.dim()):
+        size = x.shape[axis]
+        padded = F.pad(x, _axis_padding(x.dim(), axis, radius), value=float("-inf"))
+        x = padded.narrow(axis, 0, size)
+        for shift in range(1, 2 * radius + 1):
+            x = torch.maximum(x, padded.narrow(axis, shift, size))
     return x
 
 
@@ -117,11 +126,11 @@ def class_means(
     image: torch.Tensor, probs: torch.Tensor, fallback: torch.Tensor, ring_vox: int = 2
 ) -> torch.Tensor:
     """Mean intensity per class [B, 3, C] of ``image`` [B, C, *S] under ``probs`` [B, 3, *S]:
-    class 0 is the tissue ringing the lesion (``ring_vox`` voxels wide), 1 core, 2 edema.
-    Each mean is shrunk towards ``fallback`` [3, C] by one pseudo-voxel (a class the scan
-    does not show takes the fallback)."""
+    class 0 is the tissue ringing the lesion (``ring_vox`` voxels wide; a region, no gradient
+    flows through it), 1 core, 2 edema. Each mean is shrunk towards ``fallback`` [3, C] by one
+    pseudo-voxel (a class the scan does not show takes the fallback)."""
     lesion = probs[:, 1:2] + probs[:, 2:3]
-    ring = (dilate(lesion, ring_vox) - lesion).clamp_min(0.0)
+    ring = (dilate(lesion, ring_vox) - lesion.detach()).clamp_min(0.0)
     weights = torch.cat([ring, probs[:, 1:3]], dim=1).flatten(2)  # [B, 3, N]
     sums = torch.einsum("bkn,bcn->bkc", weights, image.flatten(2))
     return (sums + fallback) / (weights.sum(dim=2, keepdim=True) + 1.0)
@@ -134,9 +143,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torc
     kernel = torch.exp(-0.5 * (offsets / sigma.to(x.dtype)) ** 2)
     kernel = kernel / kernel.sum()
     for axis in range(2, x.dim()):
-        pad = [0, 0] * (x.dim() - 2)
-        pad[2 * (x.dim() - 1 - axis) : 2 * (x.dim() - 1 - axis) + 2] = [radius, radius]
-        padded = F.pad(x, pad)
+        padded = F.pad(x, _axis_padding(x.dim(), axis, radius))
         size = x.shape[axis]
         x = sum(kernel[i] * padded.narrow(axis, i, size) for i in range(2 * radius + 1))
     return x
@@ -155,8 +162,9 @@ def class_mean_change(
     edges are partial volumes, its labels are not). Unchanged voxels keep their intensity.
     -> [B, C, *S]."""
     means = class_means(image, ref_probs, fallback)  # [B, 3, C]
-    shift = gaussian_blur(new_probs - ref_probs, sigma)
-    return image + torch.einsum("bk...,bkc->bc...", shift, means)
+    # blurring is linear: blur the C-channel intensity change, not the 3 class changes
+    change = torch.einsum("bk...,bkc->bc...", new_probs - ref_probs, means)
+    return image + gaussian_blur(change, sigma)
 
 
 def stable_tissue_mean(
