@@ -5,7 +5,8 @@ The image head predicts the follow-up as a label-driven change of a base image
 (``mtlgen.models.priors.class_mean_change``) plus a learned residual. This bench removes the
 label error: it composes the change from the *true* target label, with the base either the
 reference visit's image (copy-last) or the stable-tissue mean of the context visits
-(``stable_tissue_mean``), at several point spreads, and scores every variant with the
+(``stable_tissue_mean``), at several point spreads (on the stable-tissue base also with the
+blurred change kept to the voxels whose label changes), and scores every variant with the
 evaluation's own changing-region image MAE (``mtlgen.evaluate.run.case_metrics``). What stays
 is the part no label can explain: scan noise, the follow-up's own intensity drift, tissue moved
 by mass effect and atrophy, and partial-volume edges.
@@ -95,14 +96,17 @@ def main() -> None:
                 reference,
             )
             ref_oh, true_oh = onehot(truth.reference.label), onehot(truth.target.label)
+            relabelled = torch.from_numpy(truth.reference.label != truth.target.label)[None, None]
             variants = {"copy-last": reference, "stable-tissue mean": stable}
             for sigma in args.blur:
                 s = torch.tensor(sigma)
                 variants[f"true label on reference, blur {sigma}"] = class_mean_change(
                     reference, ref_oh, true_oh, fallback, s
                 )
-                variants[f"true label on stable-tissue mean, blur {sigma}"] = class_mean_change(
-                    stable, ref_oh, true_oh, fallback, s
+                changed = class_mean_change(stable, ref_oh, true_oh, fallback, s)
+                variants[f"true label on stable-tissue mean, blur {sigma}"] = changed
+                variants[f"  same, only relabelled voxels, blur {sigma}"] = torch.where(
+                    relabelled, changed, stable
                 )
             for name, image in variants.items():
                 images = {c: image[0, i].numpy() for i, c in enumerate(contrasts)}
