@@ -86,7 +86,6 @@ class PointwiseHead(nn.Module):
         extra_channels: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        self.spatial_dims = spatial_dims
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         self.features = conv(channels, channels, kernel_size=1, bias=False)  # norm follows
         bound = 1.0 / math.sqrt(channels + sum(extra_channels))  # a fused layer's default init
@@ -103,12 +102,12 @@ class PointwiseHead(nn.Module):
         self, features: torch.Tensor, extras: Sequence[torch.Tensor], size: Sequence[int]
     ) -> torch.Tensor:
         x = self.features(features).contiguous()
-        mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+        mode = "trilinear" if x.dim() == 5 else "bilinear"
         x = F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
         for weight, extra in zip(self.extras, extras, strict=True):
             x = x + _pointwise(weight.to(x.dtype), extra.to(x.dtype))
         x = self.act(F.instance_norm(x))
-        bias = self.out_bias.reshape(-1, *([1] * self.spatial_dims)).to(x.dtype)
+        bias = self.out_bias.reshape(-1, *([1] * (x.dim() - 2))).to(x.dtype)
         return _pointwise(self.out.to(x.dtype), x) + bias
 
 

@@ -218,7 +218,7 @@ class MultiTaskNet(nn.Module):
             )
             delta = log_volume[:, 0] - ref_core.log1p()
         # detached: the mask and image losses condition on the forecast but do not move it
-        delta_map = delta.detach().reshape(b, 1, *ones)  # a per-sample constant channel
+        delta_channel = delta.detach().reshape(b, 1, *ones)  # a per-sample constant
 
         decoded_at_target: dict[str, torch.Tensor] = {}
 
@@ -233,7 +233,7 @@ class MultiTaskNet(nn.Module):
         future_probs = ref_probs  # without a future_seg head: no change predicted
         if "future_seg" in self.tasks:
             logits = self.future_head(
-                target_features("future_seg"), [ref_probs, delta_map], spatial
+                target_features("future_seg"), [ref_probs, delta_channel], spatial
             )
             logits = logits + self.future_prior_weight * mask_logits(ref_probs)
             out["future_logits"] = logits
@@ -247,7 +247,7 @@ class MultiTaskNet(nn.Module):
             expected = class_mean_change(
                 base, ref_probs, future_probs, self.class_intensity, self.blur()
             )
-            extra = [ref_probs, future_probs, delta_map, expected]
+            extra = [ref_probs, future_probs, delta_channel, expected]
             residual, gate = self.image_head(target_features("image"), extra, spatial).chunk(
                 2, dim=1
             )
