@@ -14,7 +14,7 @@ from torch.utils.data import default_collate
 from mtlgen.config import DataConfig
 from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
 from mtlgen.data.series import load_visit
-from mtlgen.models.blocks import PointwiseHead
+from mtlgen.models.blocks import PointwiseHead, upsample_linear
 from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
 from mtlgen.models.predictor import load_predictor, shape_mask
@@ -165,6 +165,23 @@ def test_pointwise_head_equals_one_layer_over_the_upsampled_features_and_extras(
     out = head(features, [probs, constant], size)
     assert out.shape == (2, 2, *size)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_upsample_linear_equals_interpolate_with_its_gradient(dims):
+    mode = "trilinear" if dims == 3 else "bilinear"
+    for coarse, size in (
+        ((5, 6, 4)[:dims], (10, 12, 8)[:dims]),
+        ((5, 6, 4)[:dims], (9, 7, 8)[:dims]),
+    ):
+        x = torch.randn(2, 3, *coarse, requires_grad=True)
+        ours = upsample_linear(x, size)
+        theirs = F.interpolate(x, size=size, mode=mode, align_corners=False)
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-6)
+        g = torch.randn_like(ours)
+        (grad_ours,) = torch.autograd.grad(ours, x, g)
+        (grad_theirs,) = torch.autograd.grad(theirs, x, g)
+        assert torch.allclose(grad_ours, grad_theirs, atol=1e-5)
 
 
 def test_reference_image_takes_the_latest_visit_that_has_the_contrast():

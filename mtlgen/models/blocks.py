@@ -66,6 +66,24 @@ def _pointwise(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("oc,nc...->no...", weight, x)
 
 
+def upsample_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(Bi/tri)linear upsampling of [N, C, *S] to ``size`` (``align_corners=False``). Exact
+    doubling, the decoder's case, is computed separably: along each axis, output 2i is
+    0.75 x[i] + 0.25 x[i-1] and 2i+1 is 0.75 x[i] + 0.25 x[i+1] (edges repeated), about twice
+    as fast as ``F.interpolate`` forward and backward on a CPU. Other sizes use it."""
+    size = tuple(size)
+    if size != tuple(2 * n for n in x.shape[2:]):
+        mode = "trilinear" if x.dim() == 5 else "bilinear"
+        return F.interpolate(x, size=size, mode=mode, align_corners=False)
+    for axis in reversed(range(2, x.dim())):
+        n = x.shape[axis]
+        quarter = 0.25 * torch.cat([x.narrow(axis, 0, 1), x, x.narrow(axis, n - 1, 1)], axis)
+        centre = 0.75 * x
+        even, odd = centre + quarter.narrow(axis, 0, n), centre + quarter.narrow(axis, 2, n)
+        x = torch.stack([even, odd], dim=axis + 1).flatten(axis, axis + 1)
+    return x
+
+
 class PointwiseHead(nn.Module):
     """Task output at full resolution from decoder features (at their coarser resolution) and
     extra full-resolution inputs, each [N, c_i, *S] or a per-sample constant [N, c_i, 1, ...].
@@ -101,9 +119,7 @@ class PointwiseHead(nn.Module):
     def forward(
         self, features: torch.Tensor, extras: Sequence[torch.Tensor], size: Sequence[int]
     ) -> torch.Tensor:
-        x = self.features(features).contiguous()
-        mode = "trilinear" if x.dim() == 5 else "bilinear"
-        x = F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+        x = upsample_linear(self.features(features).contiguous(), size)
         for weight, extra in zip(self.extras, extras, strict=True):
             x = x + _pointwise(weight.to(x.dtype), extra.to(x.dtype))
         x = self.act(F.instance_norm(x))
