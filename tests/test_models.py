@@ -17,7 +17,7 @@ from mtlgen.data.series import load_visit
 from mtlgen.models.blocks import PointwiseHead, upsample_linear
 from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
-from mtlgen.models.predictor import load_predictor, shape_mask
+from mtlgen.models.predictor import load_predictor
 from mtlgen.models.sharing import HardTrunk, MtanTrunk, SoftTrunk
 
 SMALL = {"features": (4, 8, 16), "time_dim": 8, "heads": 2}
@@ -220,14 +220,6 @@ def test_checkpoint_of_another_version_is_refused_with_the_reason(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_shape_mask_sizes_the_label_to_the_volumes():
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet([1, 1, 1], size=(8, 8, 8)).transpose(3, 0, 1, 2)
-    label = shape_mask(probs, core_ml=0.64, lesion_ml=1.28, vox_ml=0.064)
-    assert (label == 1).sum() == 10 and (label > 0).sum() == 20
-    assert probs[1][label == 1].min() >= probs[1][label == 0].max()
-
-
 def test_predictor_answers_the_protocol_for_mtl_and_single_task(tmp_path, tiny_series):
     visits = [load_visit(v) for v in tiny_series[0].visits]
     for tasks, name in ((TASKS, "mtl-hard"), (("image",), "single-image-copy-last")):
@@ -251,17 +243,3 @@ def test_predictor_answers_the_protocol_for_mtl_and_single_task(tmp_path, tiny_s
             assert pred.core_volume_ml == pytest.approx(
                 lesion_volumes_ml(visits[1].label, 0.064)[0]
             )
-
-
-def test_shape_mask_grows_a_lesion_from_its_reference_shape():
-    reference = np.zeros((9, 9, 9), np.uint8)
-    reference[3:6, 3:6, 3:6] = 1
-    probs = np.full((3, 9, 9, 9), 1 / 3)  # an uninformed network
-    grown = shape_mask(
-        probs, core_ml=40 * 0.001, lesion_ml=40 * 0.001, vox_ml=0.001, reference=reference
-    )
-    assert (grown == 1).sum() == 40 and (grown[reference == 1] == 1).all()
-    ring = (grown == 1) & (reference == 0)
-    assert np.argwhere(ring).min() >= 2 and np.argwhere(ring).max() <= 6  # grows at its border
-    shrunk = shape_mask(probs, 10 * 0.001, 10 * 0.001, 0.001, reference)
-    assert (shrunk == 1).sum() == 10 and (reference[shrunk == 1] == 1).all()

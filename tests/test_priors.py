@@ -15,6 +15,7 @@ from mtlgen.models.priors import (
     gaussian_blur,
     line_at_target,
     nearest_given_mask,
+    sized_label,
     stable_tissue_mean,
 )
 
@@ -140,3 +141,30 @@ def test_extrapolated_log_volume_moves_the_line_towards_the_other_extrapolations
     halfway = (np.log1p(4.0) + np.log1p(3.0)) / 2
     assert log_ml(0, 0.5) == pytest.approx(halfway, abs=1e-5)
     assert log_ml(0, -40) == pytest.approx(np.log1p(1000.0), abs=1e-5)  # capped at 1 litre
+
+
+def test_sized_label_sizes_the_label_to_the_volumes():
+    torch.manual_seed(0)
+    probs = torch.distributions.Dirichlet(torch.ones(3)).sample((1, 8, 8, 8)).movedim(-1, 1)
+    label = sized_label(
+        probs, torch.tensor([[0.64, 1.28]]), torch.tensor([0.064]), torch.zeros(1, 8, 8, 8)
+    )
+    assert label.shape == (1, 8, 8, 8) and label.dtype == torch.int64
+    assert int((label == 1).sum()) == 10 and int((label > 0).sum()) == 20
+    assert probs[:, 1][label == 1].min() >= probs[:, 1][label == 0].max()
+    # whole lesion: the core plus the 10 most likely (core + edema) voxels outside it
+    lesion = probs[:, 1] + probs[:, 2]
+    assert lesion[label == 2].min() >= lesion[label == 0].max()
+
+
+def test_sized_label_grows_and_shrinks_a_lesion_from_its_reference_shape():
+    reference = torch.zeros(2, 9, 9, 9, dtype=torch.int64)
+    reference[:, 3:6, 3:6, 3:6] = 1
+    probs = torch.full((2, 3, 9, 9, 9), 1 / 3)  # an uninformed network
+    vox = torch.tensor([0.001, 0.001])
+    volumes = torch.tensor([[0.040, 0.040], [0.010, 0.010]])  # grow to 40, shrink to 10 voxels
+    grown, shrunk = sized_label(probs, volumes, vox, reference)
+    assert int((grown == 1).sum()) == 40 and bool((grown[reference[0] == 1] == 1).all())
+    ring = torch.nonzero((grown == 1) & (reference[0] == 0))
+    assert ring.min() >= 2 and ring.max() <= 6  # grows at its border
+    assert int((shrunk == 1).sum()) == 10 and bool((reference[1][shrunk == 1] == 1).all())

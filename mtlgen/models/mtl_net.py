@@ -17,11 +17,14 @@ careful reader would guess and learns what the data add:
   that have no mask. Status logits are a soft version of the volumetric rule, so status
   cross-entropy trains the volume too.
 - ``future_seg``: decodes the target mask from the fused features, the reference mask and the
-  predicted log-volume change; at inference it is sized by the predicted volumes.
+  predicted log-volume change; its label (``future_label``) is that map sized to the
+  progression head's volumes (``priors.sized_label``).
 - ``image``: the reference image, averaged with the other context visits where their labels
-  agree with it (scan noise and intensity drift averaged down), changed where the labels
-  change, each class taking the intensity it has on the patient's reference scan, plus a
-  learned residual gated to the (dilated) region where the lesion is or will be.
+  agree with it (scan noise and intensity drift averaged down), changed where the reference
+  label becomes the future label, each class taking the intensity it has on the patient's
+  reference scan, plus a learned residual gated to the (dilated) region where the lesion is
+  or will be. Training composes the image exactly as prediction does (from the sized label),
+  so the residual learns to mend what will be answered.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from mtlgen.models.priors import (
     mask_logits,
     nearest_given_mask,
     prior_probs,
+    sized_label,
     stable_tissue_mean,
 )
 from mtlgen.models.sharing import build_trunk
@@ -133,6 +137,8 @@ class MultiTaskNet(nn.Module):
             self.image_head = PointwiseHead(
                 spatial_dims, f[0], 2 * n_contrasts, extra_channels=(3, 3, 1, n_contrasts)
             )
+            with torch.no_grad():  # the residual starts at zero: the image starts at its prior
+                self.image_head.out[:n_contrasts].zero_()
             # class intensities (ring, core, edema) for a reference scan without a lesion
             self.class_intensity = nn.Parameter(torch.full((3, n_contrasts), 0.5))
             # point spread (voxels) of the label change in the image, learned
@@ -230,7 +236,10 @@ class MultiTaskNet(nn.Module):
                 decoded_at_target[key] = self.target_decoders[key](tf.fused, skips)
             return decoded_at_target[key]
 
-        future_probs = ref_probs  # without a future_seg head: no change predicted
+        # hard labels: the reference's, and the future one the model answers (sized to the
+        # predicted volumes); the image is composed from them in training as at prediction
+        ref_label = ref_probs.argmax(dim=1)
+        future_label, future_probs = ref_label, ref_probs  # no future_seg head: no change
         if "future_seg" in self.tasks:
             logits = self.future_head(
                 target_features("future_seg"), [ref_probs, delta_channel], spatial
@@ -238,20 +247,31 @@ class MultiTaskNet(nn.Module):
             logits = logits + self.future_prior_weight * mask_logits(ref_probs)
             out["future_logits"] = logits
             future_probs = logits.softmax(dim=1)
+            if "image" in self.tasks or not self.training:  # else nothing reads it
+                future_label = (
+                    sized_label(
+                        future_probs, out["log_volume"].detach().expm1(), vox[:, 0], ref_label
+                    )
+                    if "progression" in self.tasks
+                    else future_probs.argmax(dim=1)
+                )
+                out["future_label"] = future_label
         if "image" in self.tasks:
             fallback = reference_image(images, present, ref)
             base = stable_tissue_mean(
                 images, present, probs.detach(), ref_probs.detach(), valid, fallback
             )
-            out["image_base"] = base
+
+            def onehot(label: torch.Tensor) -> torch.Tensor:
+                return F.one_hot(label, 3).movedim(-1, 1).to(base.dtype)
+
             expected = class_mean_change(
-                base, ref_probs, future_probs, self.class_intensity, self.blur()
+                base, onehot(ref_label), onehot(future_label), self.class_intensity, self.blur()
             )
             extra = [ref_probs, future_probs, delta_channel, expected]
             residual, gate = self.image_head(target_features("image"), extra, spatial).chunk(
                 2, dim=1
             )
             region = dilate(torch.maximum(1 - ref_probs[:, :1], 1 - future_probs[:, :1]), 2)
-            out["image_residual"] = region * torch.sigmoid(gate) * residual
-            out["image"] = expected + out["image_residual"]
+            out["image"] = expected + region * torch.sigmoid(gate) * residual
         return out

@@ -13,6 +13,8 @@
   intensity measured on the patient's own reference scan (lesion core, edema, and the tissue
   ringing the lesion), so a voxel that becomes lesion takes the lesion's look and a voxel that
   stops being lesion takes its surroundings' look.
+- ``sized_label``: the label map with given core and whole-lesion volumes that follows a mask
+  head's probabilities and the reference lesion's shape (the future mask the model answers).
 - ``stable_tissue_mean``: per voxel, the mean of the context visits' images where their label
   agrees with the reference visit's: the reference image with its scan noise and per-visit
   intensity drift averaged down (every visit sits on the baseline's grid).
@@ -165,6 +167,44 @@ def class_mean_change(
     # blurring is linear: blur the C-channel intensity change, not the 3 class changes
     change = torch.einsum("bk...,bkc->bc...", new_probs - ref_probs, means)
     return image + gaussian_blur(change, sigma)
+
+
+def _top(score: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean mask of the ``count`` highest-scoring entries of ``score``."""
+    flat = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+    if count > 0:
+        flat[torch.topk(score.flatten(), min(count, score.numel()), sorted=False).indices] = True
+    return flat.reshape(score.shape)
+
+
+def sized_label(
+    probs: torch.Tensor,
+    volumes_ml: torch.Tensor,
+    voxel_ml: torch.Tensor,
+    reference: torch.Tensor,
+    sigma_vox: float = 1.5,
+) -> torch.Tensor:
+    """Label maps (0 bg, 1 core, 2 edema) sized to ``volumes_ml`` [B, 2] (core, whole lesion)
+    from class probabilities ``probs`` [B, 3, *S], voxel volumes ``voxel_ml`` [B] and the
+    reference labels ``reference`` [B, *S].
+
+    Voxels are ranked first by being in the reference lesion, then by nearness to it (the
+    reference mask smoothed by a Gaussian of ``sigma_vox``, cut at 2 sigma), then by
+    probability: a growing lesion keeps its shape and grows at its border, a shrinking one
+    keeps its most likely part. The top round(core / voxel) voxels become core, the next ones
+    up to the whole-lesion volume edema. No gradient. -> [B, *S] int64."""
+    probs = probs.detach().float()
+    masks = torch.stack([reference == 1, reference > 0], dim=1).float()  # [B, 2, *S]
+    near = gaussian_blur(masks, torch.tensor(sigma_vox), radius=math.ceil(2 * sigma_vox))
+    scores = torch.stack([probs[:, 1], probs[:, 1] + probs[:, 2]], dim=1) + 2.0 * masks + near
+    label = torch.zeros_like(reference, dtype=torch.int64)
+    for i in range(len(probs)):
+        core_n = round(float(volumes_ml[i, 0]) / float(voxel_ml[i]))
+        lesion_n = round(float(volumes_ml[i].max()) / float(voxel_ml[i]))
+        core = _top(scores[i, 0], core_n)
+        lesion = _top(scores[i, 1].masked_fill(core, math.inf), lesion_n)
+        label[i] = 2 * lesion.long() - core.long()
+    return label
 
 
 def stable_tissue_mean(
