@@ -70,7 +70,7 @@ def upsample_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """(Bi/tri)linear upsampling of [N, C, *S] to ``size`` (``align_corners=False``). Exact
     doubling, the decoder's case, is computed separably: along each axis, output 2i is
     0.75 x[i] + 0.25 x[i-1] and 2i+1 is 0.75 x[i] + 0.25 x[i+1] (edges repeated), about twice
-    as fast as ``F.interpolate`` forward and backward on a CPU. Other sizes use it."""
+    as fast as ``F.interpolate`` forward and backward on a CPU. Other sizes: ``F.interpolate``."""
     size = tuple(size)
     if size != tuple(2 * n for n in x.shape[2:]):
         mode = "trilinear" if x.dim() == 5 else "bilinear"

@@ -238,7 +238,8 @@ class MultiTaskNet(nn.Module):
 
         # hard labels: the reference's, and the future one the model answers (sized to the
         # predicted volumes); the image is composed from them in training as at prediction
-        ref_label = ref_probs.argmax(dim=1)
+        ref_label = ref_probs.argmax(dim=1)  # the given mask, else the segmentation, else none
+        out["ref_label"] = ref_label
         future_label, future_probs = ref_label, ref_probs  # no future_seg head: no change
         if "future_seg" in self.tasks:
             logits = self.future_head(

@@ -56,13 +56,7 @@ class ModelPredictor:
         ref = context[reference_slot([v.days for v in context], target_days)]
         vox = voxel_ml(ref.affine)
 
-        if ref.label is not None:
-            ref_label = ref.label
-        elif "seg" in tasks:
-            slot = int(batch["ref_slot"][0])
-            ref_label = out["seg_logits"][0, slot].argmax(0).cpu().numpy().astype(np.uint8)
-        else:
-            ref_label = np.zeros(tuple(batch["images"].shape[3:]), np.uint8)
+        ref_label = out["ref_label"][0].cpu().numpy().astype(np.uint8)
         ref_core, _ = lesion_volumes_ml(ref_label, vox)
 
         volumes = None
@@ -70,22 +64,17 @@ class ModelPredictor:
             volumes = out["log_volume"][0].float().expm1().clamp_min(0).cpu().tolist()
         current = ref.label is None and ref.days == target_days and "seg" in tasks
         if current:
-            label = ref_label.copy()
+            label = ref_label
             volumes = list(lesion_volumes_ml(label, vox))
         elif "future_seg" in tasks:
             label = out["future_label"][0].cpu().numpy().astype(np.uint8)
         else:
-            label = ref_label.copy()
-        pred_images = (
-            (
-                out["image"]
-                if "image" in tasks
-                else reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
-            )[0]
-            .float()
-            .cpu()
-            .numpy()
-        )
+            label = ref_label
+        if "image" in tasks:
+            pred = out["image"]
+        else:
+            pred = reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
+        pred_images = pred[0].float().cpu().numpy()
         seen = batch["contrast_present"][0].any(dim=0).cpu().numpy()
         images = {c: pred_images[i] for i, c in enumerate(self.contrasts) if seen[i]}
         core_ml = volumes[0] if volumes is not None else lesion_volumes_ml(label, vox)[0]
