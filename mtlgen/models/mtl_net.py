@@ -59,6 +59,11 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), index]
 
 
+def _class_channels(label: torch.Tensor, dim: int) -> torch.Tensor:
+    """Integer labels (0 bg, 1 core, 2 edema) as float one-hot channels inserted at ``dim``."""
+    return F.one_hot(label, 3).movedim(-1, dim).float()
+
+
 def reference_image(images: torch.Tensor, present: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Per contrast, the latest context image at or before the reference slot (else the nearest
     later one): the copy-last image. images [B, K, C, *S], present [B, K, C] -> [B, C, *S]."""
@@ -163,7 +168,7 @@ class MultiTaskNet(nn.Module):
         spatial = images.shape[3:]
         ones = (1,) * len(spatial)
         given = batch["mask_input"] & batch["visit_valid"]
-        onehot = F.one_hot(batch["masks"], 3).movedim(-1, 2).float()  # [B, K, 3, *S]
+        onehot = _class_channels(batch["masks"], 2)  # [B, K, 3, *S]
         years, valid, ref = batch["years"], batch["visit_valid"], batch["ref_slot"]
         feats = {}
         if self.trunk is not None:
@@ -262,12 +267,12 @@ class MultiTaskNet(nn.Module):
             base = stable_tissue_mean(
                 images, present, probs.detach(), ref_probs.detach(), valid, fallback
             )
-
-            def onehot(label: torch.Tensor) -> torch.Tensor:
-                return F.one_hot(label, 3).movedim(-1, 1).to(base.dtype)
-
             expected = class_mean_change(
-                base, onehot(ref_label), onehot(future_label), self.class_intensity, self.blur()
+                base,
+                _class_channels(ref_label, 1),
+                _class_channels(future_label, 1),
+                self.class_intensity,
+                self.blur(),
             )
             extra = [ref_probs, future_probs, delta_channel, expected]
             residual, gate = self.image_head(target_features("image"), extra, spatial).chunk(
