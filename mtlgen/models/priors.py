@@ -177,6 +177,16 @@ def _top(score: torch.Tensor, count: int) -> torch.Tensor:
     return flat.reshape(score.shape)
 
 
+def _box(mask: torch.Tensor, margin: int) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of ``mask`` grown by ``margin`` (clipped), None if empty."""
+    hits = mask.nonzero()
+    if len(hits) == 0:
+        return None
+    lo, hi = hits.min(dim=0).values - margin, hits.max(dim=0).values + margin + 1
+    bounds = zip(lo.tolist(), hi.tolist(), mask.shape, strict=True)
+    return tuple(slice(max(a, 0), min(b, n)) for a, b, n in bounds)
+
+
 def sized_label(
     probs: torch.Tensor,
     volumes_ml: torch.Tensor,
@@ -195,8 +205,13 @@ def sized_label(
     up to the whole-lesion volume edema. No gradient. -> [B, *S] int64."""
     probs = probs.detach().float()
     masks = torch.stack([reference == 1, reference > 0], dim=1).float()  # [B, 2, *S]
-    near = gaussian_blur(masks, torch.tensor(sigma_vox), radius=math.ceil(2 * sigma_vox))
-    scores = torch.stack([probs[:, 1], probs[:, 1] + probs[:, 2]], dim=1) + 2.0 * masks + near
+    scores = torch.stack([probs[:, 1], probs[:, 1] + probs[:, 2]], dim=1) + 2.0 * masks
+    radius = math.ceil(2 * sigma_vox)
+    for i in range(len(probs)):  # nearness: the blur reaches `radius` voxels beyond the lesion
+        crop = _box(reference[i] > 0, radius)
+        if crop is not None:
+            window = (i, slice(None), *crop)
+            scores[window] += gaussian_blur(masks[window][None], torch.tensor(sigma_vox), radius)[0]
     label = torch.zeros_like(reference, dtype=torch.int64)
     for i in range(len(probs)):
         core_n = round(float(volumes_ml[i, 0]) / float(voxel_ml[i]))
