@@ -70,6 +70,29 @@ def test_hard_sharing_uses_one_encoder_for_all_tasks():
     )
 
 
+def test_hard_sharing_shares_the_target_head_and_the_image_starts_at_its_prior(batch):
+    net = _net("hard")
+    assert list(net.target_heads) == ["shared"] and list(net.target_decoders) == ["shared"]
+    assert list(_net("soft").target_heads) == ["future_seg", "image"]
+    head = net.target_heads["shared"]
+    (f0, f1), (i0, i1) = net.target_rows["future_seg"], net.target_rows["image"]
+    assert (f1 - f0, i1 - i0) == (3, 4) and head.out.shape[0] == 7
+    net.eval()
+    with torch.no_grad():
+        out = net(batch)
+        head.out[i0 + 2 :].normal_()  # image gate rows: the residual rows are still zero
+        after_gate = net(batch)
+        head.out[i0 : i0 + 2].normal_()  # image residual rows
+        after_residual = net(batch)
+        head.features.weight.mul_(2.0)  # the shared hidden layer
+        after_hidden = net(batch)
+    assert torch.equal(out["image"], after_gate["image"]), "a zero residual: the prior"
+    assert torch.equal(out["future_logits"], after_residual["future_logits"])
+    assert not torch.allclose(out["image"], after_residual["image"])
+    assert not torch.allclose(out["future_logits"], after_hidden["future_logits"])
+    assert not torch.allclose(after_residual["image"], after_hidden["image"])
+
+
 @pytest.mark.parametrize("kind", ["l2", "l1"])
 def test_soft_penalty_is_zero_for_identical_encoders_and_grows_with_difference(kind):
     net = _net("soft", soft_penalty=kind, soft_lambda=0.1)

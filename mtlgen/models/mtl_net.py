@@ -25,6 +25,9 @@ careful reader would guess and learns what the data add:
   reference scan, plus a learned residual gated to the (dilated) region where the lesion is
   or will be. Training composes the image exactly as prediction does (from the sized label),
   so the residual learns to mend what will be answered.
+
+Under hard sharing ``future_seg`` and ``image`` read one target-time decoder and one head whose
+output rows are split between them (one forward and backward pass at full resolution for both).
 """
 
 from __future__ import annotations
@@ -128,22 +131,31 @@ class MultiTaskNet(nn.Module):
             self.seg_decoder = Decoder(spatial_dims, f)
             self.seg_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=(3,))
             self.seg_prior_weight = nn.Parameter(torch.ones(()))  # of the mask prior's logits
-        # decoders of the target-time features: one shared by future_seg and image under hard
-        # sharing (their features are the same), else one per task
+        # target-time decoders and heads: under hard sharing future_seg and image read the same
+        # features, so they share one decoder and one head (its hidden layer too; only the
+        # output rows are per task); else one of each per task
         target = [t for t in ("future_seg", "image") if t in self.tasks]
-        self.decoder_of = {t: "shared" if sharing == "hard" else t for t in target}
-        self.target_decoders = nn.ModuleDict(
-            {key: Decoder(spatial_dims, f) for key in dict.fromkeys(self.decoder_of.values())}
+        self.target_of = {t: "shared" if sharing == "hard" else t for t in target}
+        widths = {"future_seg": 3, "image": 2 * n_contrasts}  # image: residual and gate
+        self.target_rows: dict[str, tuple[int, int]] = {}
+        rows_of: dict[str, int] = {}
+        for t in target:
+            start = rows_of.get(self.target_of[t], 0)
+            self.target_rows[t] = (start, start + widths[t])
+            rows_of[self.target_of[t]] = start + widths[t]
+        self.target_decoders = nn.ModuleDict({key: Decoder(spatial_dims, f) for key in rows_of})
+        self.target_heads = nn.ModuleDict(
+            {
+                key: PointwiseHead(spatial_dims, f[0], rows, extra_channels=(3, 1))
+                for key, rows in rows_of.items()
+            }
         )
         if "future_seg" in self.tasks:
-            self.future_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=(3, 1))
             self.future_prior_weight = nn.Parameter(torch.ones(()))
         if "image" in self.tasks:
-            self.image_head = PointwiseHead(
-                spatial_dims, f[0], 2 * n_contrasts, extra_channels=(3, 3, 1, n_contrasts)
-            )
+            start, _ = self.target_rows["image"]
             with torch.no_grad():  # the residual starts at zero: the image starts at its prior
-                self.image_head.out[:n_contrasts].zero_()
+                self.target_heads[self.target_of["image"]].out[start : start + n_contrasts].zero_()
             # class intensities (ring, core, edema) for a reference scan without a lesion
             self.class_intensity = nn.Parameter(torch.full((3, n_contrasts), 0.5))
             # point spread (voxels) of the label change in the image, learned
@@ -231,15 +243,20 @@ class MultiTaskNet(nn.Module):
         # detached: the mask and image losses condition on the forecast but do not move it
         delta_channel = delta.detach().reshape(b, 1, *ones)  # a per-sample constant
 
-        decoded_at_target: dict[str, torch.Tensor] = {}
+        head_outputs: dict[str, torch.Tensor] = {}
 
-        def target_features(task: str) -> torch.Tensor:
-            key = self.decoder_of[task]
-            if key not in decoded_at_target:
+        def target_output(task: str) -> torch.Tensor:
+            """The task's rows of its target head, computed once per head."""
+            key = self.target_of[task]
+            if key not in head_outputs:
                 tf = feats[task]
                 skips = [_gather(v.reshape(b, k, *v.shape[1:]), ref) for v in tf.visits[:-1]]
-                decoded_at_target[key] = self.target_decoders[key](tf.fused, skips)
-            return decoded_at_target[key]
+                decoded = self.target_decoders[key](tf.fused, skips)
+                head_outputs[key] = self.target_heads[key](
+                    decoded, [ref_probs, delta_channel], spatial
+                )
+            start, stop = self.target_rows[task]
+            return head_outputs[key][:, start:stop]
 
         # hard labels: the reference's, and the future one the model answers (sized to the
         # predicted volumes); the image is composed from them in training as at prediction
@@ -247,10 +264,7 @@ class MultiTaskNet(nn.Module):
         out["ref_label"] = ref_label
         future_label, future_probs = ref_label, ref_probs  # no future_seg head: no change
         if "future_seg" in self.tasks:
-            logits = self.future_head(
-                target_features("future_seg"), [ref_probs, delta_channel], spatial
-            )
-            logits = logits + self.future_prior_weight * mask_logits(ref_probs)
+            logits = target_output("future_seg") + self.future_prior_weight * mask_logits(ref_probs)
             out["future_logits"] = logits
             future_probs = logits.softmax(dim=1)
             if "image" in self.tasks or not self.training:  # else nothing reads it
@@ -274,10 +288,7 @@ class MultiTaskNet(nn.Module):
                 self.class_intensity,
                 self.blur(),
             )
-            extra = [ref_probs, future_probs, delta_channel, expected]
-            residual, gate = self.image_head(target_features("image"), extra, spatial).chunk(
-                2, dim=1
-            )
+            residual, gate = target_output("image").chunk(2, dim=1)
             region = dilate(torch.maximum(1 - ref_probs[:, :1], 1 - future_probs[:, :1]), 2)
             out["image"] = expected + region * torch.sigmoid(gate) * residual
         return out
