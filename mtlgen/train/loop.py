@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import default_collate
@@ -243,6 +244,8 @@ def train_model(
         if cfg.pcgrad and len(shared_tasks) > 1
         else []
     )
+    # task affinity: measured on the first affinity_batches training steps of every epoch
+    affinity_steps = cfg.affinity_batches if len(shared_tasks) > 1 and rank == 0 else 0
 
     fingerprint = _fingerprint(params, tasks, split)
     last_dir, best_dir = out_dir / "last", out_dir / "best"
@@ -301,22 +304,6 @@ def train_model(
         metrics["val_loss"] = sum(metrics.values())
         return metrics
 
-    def affinity() -> list[list[float]] | None:
-        if len(shared_tasks) < 2 or cfg.affinity_batches == 0 or rank != 0:
-            return None
-        saved_epoch = train_ds.epoch
-        train_ds.set_epoch(-1)
-        count = min(len(train_ds), cfg.affinity_batches * cfg.batch_size)
-        mats = []
-        for batch in _batches(train_ds, range(count), cfg.batch_size):
-            losses = forward_losses(_to(batch, device))
-            grads = [
-                _flat_grad(losses[t], model.trunk.affinity_parameters(t)) for t in shared_tasks
-            ]
-            mats.append(gradient_cosine(grads))
-        train_ds.set_epoch(saved_epoch)
-        return (sum(mats) / len(mats)).tolist()
-
     epochs_done = loop["epoch"]
     while loop["epoch"] < cfg.epochs and not loop["stopped"]:
         epoch = loop["epoch"]
@@ -326,6 +313,7 @@ def train_model(
         if world > 1:
             order = (order * world)[: math.ceil(len(order) / world) * world][rank::world]
         sums = dict.fromkeys(tasks, 0.0)
+        cosines: list[np.ndarray] = []
         steps = math.ceil(len(order) / cfg.batch_size)
         bar = tqdm(
             _batches(train_ds, order, cfg.batch_size),
@@ -342,6 +330,11 @@ def train_model(
             terms = weighting.terms(losses)
             total = sum(terms.values()) + model.penalty().to(device)
             optimizer.zero_grad(set_to_none=True)
+            if step < affinity_steps:  # each task's gradient on the parameters it shares
+                grads = [
+                    _flat_grad(losses[t], model.trunk.affinity_parameters(t)) for t in shared_tasks
+                ]
+                cosines.append(gradient_cosine(grads))
             if pc_params:
                 grads = [_flat_grad(terms[t], pc_params) for t in shared_tasks]
                 total.backward()
@@ -372,7 +365,6 @@ def train_model(
         weighting.end_epoch(means)
         model.eval()
         val = validate()
-        aff = affinity()
         loop["epoch"] = epoch + 1
         loop["train_time_s"] += time.perf_counter() - t_epoch
         improved = val["val_loss"] < loop["best"] - 1e-6
@@ -391,8 +383,8 @@ def train_model(
             "train_time_s": loop["train_time_s"],
         }
         loop["history"].append(row)
-        if aff is not None:
-            loop["affinity"].append(aff)
+        if cosines:
+            loop["affinity"].append((sum(cosines) / len(cosines)).tolist())
         if rank == 0:
             epoch_meta = {**meta, "epoch": epoch + 1, "val": val}
             if improved:
@@ -416,8 +408,6 @@ def train_model(
     if rank == 0:
         history_csv, history_json = _write_history(loop["history"], out_dir)
         if loop["affinity"]:
-            import numpy as np
-
             affinity_json, affinity_png = write_affinity(
                 [np.array(m) for m in loop["affinity"]], shared_tasks, out_dir
             )
