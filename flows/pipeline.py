@@ -30,16 +30,17 @@ ARTIFACT_KEY = "pipeline-summary"
 
 @task(name="retrain-decision")
 def retrain_task(params_file: str, overrides: list[str]) -> tuple[RetrainDecision, bool]:
-    """Compare the registry's visits with those the champion was trained on; also say whether
-    there is a champion at all."""
+    """Compare the registry's visits with those the champion was trained on, and check that this
+    version of mtlgen can load the champion; also say whether there is a usable champion."""
     from mtlgen.registry.series import load_series
+    from mtlgen.track.registry import CHAMPION, loading_problem
 
     params = load_params(params_file, overrides)
     current = visit_keys(load_series(params.registry.url, params.registry.sqlite_timeout_s))
     trained = champion_training_visits(params.tracking)
-    return retrain_decision(
-        current, trained, params.flows.retrain_min_new_visits
-    ), trained is not None
+    problem = loading_problem(params.tracking, CHAMPION) if trained is not None else None
+    decision = retrain_decision(current, trained, params.flows.retrain_min_new_visits, problem)
+    return decision, trained is not None and problem is None
 
 
 @flow(name="longitudinal-pipeline")

@@ -83,6 +83,9 @@ def test_retrain_rule_counts_visits_the_champion_never_saw(tmp_path):
     first = retrain_decision(now, None, 100)
     assert first.retrain and first.reason == "no champion yet"
     assert not retrain_decision(set(), None, 1).retrain
+    stale = retrain_decision(trained, trained, 100, champion_problem="weights do not fit")
+    assert (stale.retrain, stale.new_visits) == (True, 0)
+    assert stale.reason == "the champion cannot be loaded: weights do not fit"
     (tmp_path / "bad.json").write_text('{"a": 1}')
     with pytest.raises(ValueError, match=r"bad\.json: not a visit list"):
         load_visit_keys(tmp_path / "bad.json")

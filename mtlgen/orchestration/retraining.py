@@ -51,10 +51,14 @@ class RetrainDecision:
 
 
 def retrain_decision(
-    current: set[VisitKey], trained: set[VisitKey] | None, threshold: int
+    current: set[VisitKey],
+    trained: set[VisitKey] | None,
+    threshold: int,
+    champion_problem: str | None = None,
 ) -> RetrainDecision:
-    """Retrain if there is no champion (``trained`` is None) or ``threshold`` or more visits in
-    ``current`` were not in the champion's training set."""
+    """Retrain if there is no champion (``trained`` is None), if this version of mtlgen cannot
+    load it (``champion_problem``: why, e.g. the network changed since it was trained), or if
+    ``threshold`` or more visits in ``current`` were not in the champion's training set."""
     if threshold < 1:
         raise ValueError(f"retrain threshold must be >= 1, got {threshold}")
     if not current:
@@ -62,6 +66,10 @@ def retrain_decision(
     if trained is None:
         return RetrainDecision(True, len(current), threshold, "no champion yet")
     new = len(current - trained)
+    if champion_problem is not None:
+        return RetrainDecision(
+            True, new, threshold, f"the champion cannot be loaded: {champion_problem}"
+        )
     if new >= threshold:
         return RetrainDecision(True, new, threshold, f"{new} new visits >= {threshold}")
     return RetrainDecision(False, new, threshold, f"{new} new visits < {threshold}")
