@@ -20,6 +20,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from scipy import ndimage
 
+from mtlgen.models.priors import bounding_box
 from mtlgen.progression import STATUSES, Status
 
 
@@ -70,19 +71,12 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]) -> fl
         return 0.0
     if has_pred != has_truth:
         return float(np.linalg.norm(np.array(truth.shape) * np.asarray(spacing_mm, dtype=float)))
-    box = _bounding_box(pred | truth, margin=1)  # surfaces lie inside: distances unchanged
+    box = bounding_box(pred | truth, margin=1)  # surfaces lie inside: distances unchanged
     metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
     with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal call
         warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
         value = metric(_as_batch(pred[box]), _as_batch(truth[box]), spacing=list(spacing_mm))
     return float(value[0, 0])
-
-
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + 1 + margin, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
 
 
 def volume_errors(pred_ml: float, truth_ml: float) -> tuple[float, float]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -177,9 +178,10 @@ def _top(score: torch.Tensor, count: int) -> torch.Tensor:
     return flat.reshape(score.shape)
 
 
-def _box(mask: torch.Tensor, margin: int) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` (clipped), None if empty."""
-    hits = mask.nonzero()
+def bounding_box(mask: torch.Tensor | np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of ``mask`` (torch or numpy) grown by ``margin`` voxels on
+    every side and clipped to the array; None if the mask is empty."""
+    hits = torch.as_tensor(mask).nonzero()
     if len(hits) == 0:
         return None
     lo, hi = hits.min(dim=0).values - margin, hits.max(dim=0).values + margin + 1
@@ -206,14 +208,13 @@ def sized_label(
     probs = probs.detach().float()
     masks = torch.stack([reference == 1, reference > 0], dim=1).float()  # [B, 2, *S]
     scores = torch.stack([probs[:, 1], probs[:, 1] + probs[:, 2]], dim=1) + 2.0 * masks
-    radius = math.ceil(2 * sigma_vox)
-    for i in range(len(probs)):  # nearness: the blur reaches `radius` voxels beyond the lesion
-        crop = _box(reference[i] > 0, radius)
-        if crop is not None:
-            window = (i, slice(None), *crop)
-            scores[window] += gaussian_blur(masks[window][None], torch.tensor(sigma_vox), radius)[0]
+    radius, sigma = math.ceil(2 * sigma_vox), torch.tensor(sigma_vox)
     label = torch.zeros_like(reference, dtype=torch.int64)
     for i in range(len(probs)):
+        crop = bounding_box(reference[i] > 0, radius)  # the blur reaches no further
+        if crop is not None:
+            window = (slice(None), *crop)
+            scores[i][window] += gaussian_blur(masks[i][window][None], sigma, radius)[0]
         core_n = round(float(volumes_ml[i, 0]) / float(voxel_ml[i]))
         lesion_n = round(float(volumes_ml[i].max()) / float(voxel_ml[i]))
         core = _top(scores[i, 0], core_n)
