@@ -7,6 +7,8 @@ measured in this run:
 
 - MTL vs baselines: future-mask Dice vs copy-last, volume MAE vs the better extrapolation,
   image MAE in the changing region / copy-last's;
+- the same image and Dice ratios per seed on the future cases grouped by true progression
+  status (on a lesion that did not change, the changing region is its boundary voxels only);
 - MTL vs each single-task model on that task's own metric (mean +- std over seeds);
 - MTL training time / sum of the single-task training times.
 
@@ -30,6 +32,8 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from mtlgen.progression import STATUSES
 
 # task -> (case kind, metric, direction) judged for the MTL-vs-single comparison
 OWN_METRIC = {
@@ -86,7 +90,38 @@ def _lane(args: tuple) -> dict:
         "test": list(split.test),
         "runs": runs,
         "results": evaluation.metrics["results"],
+        "by_status": evaluation.metrics["by_status"],
     }
+
+
+def _by_status_ratios(lanes: list[dict]) -> dict:
+    """Future cases grouped by true status: per seed, MTL / copy-last of the changing-region
+    image MAE and of the lesion Dice; printed, and returned as {status: {metric: [per seed]}}."""
+    print("future cases by true status (MTL / copy-last per seed; cases per seed):")
+    ratios: dict = {}
+    for status in STATUSES:
+        for lane in lanes:
+            seed, groups = lane["seed"], lane["by_status"]
+            mtl = groups.get(f"mtl_seed{seed}", {}).get("future", {}).get(status)
+            copy = groups.get(f"copy_last_seed{seed}", {}).get("future", {}).get(status)
+            if not (mtl and copy):
+                continue
+            entry = ratios.setdefault(
+                status, {"cases": [], "image_mae_change": [], "dice_lesion": []}
+            )
+            entry["cases"].append(mtl["status_accuracy"]["n"])
+            for metric in ("image_mae_change", "dice_lesion"):
+                a, b = mtl[metric]["mean"], copy[metric]["mean"]
+                entry[metric].append(a / b if a is not None and b else float("nan"))
+        if status in ratios:
+            entry = ratios[status]
+            print(
+                f"  {status:>11}: cases {entry['cases']}, image "
+                + " ".join(f"{r:.3f}" for r in entry["image_mae_change"])
+                + ", Dice "
+                + " ".join(f"{r:.3f}" for r in entry["dice_lesion"])
+            )
+    return ratios
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -223,6 +258,7 @@ def run_bench(params, series, splits: list, tasks, out: Path, lanes: int, thread
             )
         )
         print(f"  seed {seed}: " + "  ".join(f"{r:.3f}" for r in ratios))
+    checks["by_status"] = _by_status_ratios(lanes)
     single_time = 0.0
     for task in tasks:
         kind, metric, direction = OWN_METRIC[task]

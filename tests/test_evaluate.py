@@ -106,7 +106,7 @@ def evaluation(aligned_series, tmp_path_factory):
 def test_metrics_json_has_stable_keys(evaluation):
     _, out, chosen, cfg = evaluation
     on_disk = json.loads((out / "metrics.json").read_text())
-    assert set(on_disk) == {"meta", "results", "seed_groups"}
+    assert set(on_disk) == {"meta", "results", "seed_groups", "by_status"}
     assert on_disk["seed_groups"] == {}  # no predictor named <group>_seed<N>
     assert set(on_disk["results"]) == {"copy_last", "linear", "exponential", "oracle"}
     for block in on_disk["results"].values():  # none of these segments: no "current" cases
@@ -193,11 +193,32 @@ def test_per_case_rows_agree_with_aggregates(evaluation):
     assert entry["mean"] == pytest.approx(np.nanmean(mine))
 
 
+def test_by_status_groups_partition_the_cases_by_true_status(evaluation):
+    result, *_ = evaluation
+    rows = [r for r in result.rows if r["predictor"] == "copy_last" and r["kind"] == "future"]
+    groups = result.metrics["by_status"]["copy_last"]["future"]
+    statuses = {r["status_true"] for r in rows}
+    assert len(statuses) > 1  # the cohort has lesions that changed and lesions that did not
+    assert set(groups) == statuses
+    assert sum(g["status_accuracy"]["n"] for g in groups.values()) == len(rows)
+    for status, block in groups.items():
+        mine = [r for r in rows if r["status_true"] == status]
+        assert block["dice_lesion"]["mean"] == pytest.approx(
+            np.mean([r["dice_lesion"] for r in mine])
+        )
+        # copy-last always answers "stable": right on stable cases only
+        assert block["status_accuracy"]["mean"] == (1.0 if status == "stable" else 0.0)
+    oracle = result.metrics["by_status"]["oracle"]["future"]
+    assert all(block["status_accuracy"]["mean"] == 1.0 for block in oracle.values())
+
+
 def test_report_is_written(evaluation):
     _, out, *_ = evaluation
     summary = (out / "summary.md").read_text()
     assert "| metric | copy_last | linear | exponential | oracle |" in summary
     assert "## Primary metrics: models against baselines" in summary
+    assert "## future, by true progression status" in summary
+    assert "| stable (" in summary
     for png in ("summary.png", "montage.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -15,6 +15,7 @@ from mtlgen.evaluate.baselines import BASELINES
 from mtlgen.evaluate.predictor import Prediction
 from mtlgen.evaluate.run import KINDS, METRICS, CaseTruth
 from mtlgen.io.atomic import write_atomic, write_text_atomic
+from mtlgen.progression import STATUSES
 
 
 def _cell(entry: Mapping | None) -> str:
@@ -66,6 +67,7 @@ def summary_markdown(metrics: dict) -> str:
             ]
             arrow = "↑" if direction == "max" else "↓"
             lines.append(f"| {metric} {arrow} | " + " | ".join(cells) + " |")
+    lines += _by_status_tables(metrics)
     groups = metrics.get("seed_groups", {})
     for kind in KINDS:
         present = [g for g in groups if kind in groups[g]]
@@ -114,6 +116,39 @@ def summary_markdown(metrics: dict) -> str:
                     f"{best or '–'}: {'–' if ref is None else f'{ref:.4g}'} | {ratio} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+# the metrics that read differently on a lesion that changed and on one that did not
+BY_STATUS_METRICS = ("dice_lesion", "volume_abs_error_ml", "image_mae_change", "status_accuracy")
+
+
+def _by_status_tables(metrics: dict) -> list[str]:
+    """Per case kind, the key metrics per true progression status (metrics.json ``by_status``)."""
+    by_status, names = metrics.get("by_status", {}), metrics["meta"]["predictors"]
+    lines: list[str] = []
+    for kind in KINDS:
+        statuses = [
+            s for s in STATUSES if any(s in by_status.get(n, {}).get(kind, {}) for n in names)
+        ]
+        if not statuses:
+            continue
+        lines += [
+            "",
+            f"## {kind}, by true progression status",
+            "",
+            "| status (cases) | metric | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 2) + "|",
+        ]
+        for status in statuses:
+            blocks = {n: by_status.get(n, {}).get(kind, {}).get(status, {}) for n in names}
+            n_cases = max((b["status_accuracy"]["n"] for b in blocks.values() if b), default=0)
+            for metric in BY_STATUS_METRICS:
+                arrow = "↑" if METRICS[metric] == "max" else "↓"
+                cells = [_cell(blocks[n].get(metric)) for n in names]
+                lines.append(
+                    f"| {status} ({n_cases}) | {metric} {arrow} | " + " | ".join(cells) + " |"
+                )
+    return lines
 
 
 def plot_summary(metrics: dict, path: Path) -> Path:

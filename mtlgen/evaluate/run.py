@@ -3,7 +3,8 @@
 Cases come from ``mtlgen.data.samples.enumerate_samples`` (future and reconstruction targets).
 Truth that does not depend on the predictor (brain and changing regions, true volume and status)
 is computed once per case. Outputs in ``out_dir``: ``metrics.json`` (per predictor, per case
-kind, per metric: mean, std, n), ``cases.tsv`` (one row per case and predictor) and the report
+kind, per metric: mean, std, n; the same per true progression status under ``by_status``),
+``cases.tsv`` (one row per case and predictor) and the report
 (``summary.md``, ``summary.png``, ``montage.png``; see ``mtlgen.evaluate.report``).
 """
 
@@ -44,7 +45,7 @@ from mtlgen.evaluate.metrics import (
 from mtlgen.evaluate.predictor import Prediction, Predictor
 from mtlgen.ids import check_token
 from mtlgen.io.atomic import write_text_atomic
-from mtlgen.progression import Status, progression_status
+from mtlgen.progression import STATUSES, Status, progression_status
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +328,7 @@ def evaluate_predictors(
             "settings": cfg.model_dump(mode="json", exclude={"checkpoints", "out_dir"}),
         },
         "results": aggregate(rows, names),
+        "by_status": aggregate_by_status(rows, names),
     }
     metrics["seed_groups"] = seed_groups(metrics["results"])
     return Evaluation(metrics, rows, montage)
@@ -349,6 +351,33 @@ def aggregate(rows: Sequence[dict], names: Sequence[str]) -> dict:
                 defined = not math.isnan(value)
                 block[metric] = {"mean": value if defined else None, "std": None, "n": len(scored)}
             results.setdefault(name, {})[kind] = {m: block[m] for m in METRICS}
+    return results
+
+
+def aggregate_by_status(rows: Sequence[dict], names: Sequence[str]) -> dict:
+    """``{predictor: {kind: {status: {metric: {mean, std, n}}}}}`` over the cases whose true
+    status is known, grouped by it: a lesion that did not change makes a changing region of
+    boundary voxels only, a growing one of new lesion, and the two read differently.
+    ``status_accuracy`` is the fraction of the group's cases given their true status."""
+    results: dict = {}
+    for name in names:
+        for kind in KINDS:
+            for status in STATUSES:
+                mine = [
+                    r
+                    for r in rows
+                    if r["predictor"] == name and r["kind"] == kind and r["status_true"] == status
+                ]
+                if not mine:
+                    continue
+                block = {m: _summary([r[m] for r in mine]) for m in _CASE_METRICS}
+                right = [float(r["status_pred"] == status) for r in mine]
+                block["status_accuracy"] = {
+                    "mean": float(np.mean(right)),
+                    "std": None,
+                    "n": len(right),
+                }
+                results.setdefault(name, {}).setdefault(kind, {})[status] = block
     return results
 
 
