@@ -355,28 +355,17 @@ def aggregate(rows: Sequence[dict], names: Sequence[str]) -> dict:
 
 
 def aggregate_by_status(rows: Sequence[dict], names: Sequence[str]) -> dict:
-    """``{predictor: {kind: {status: {metric: {mean, std, n}}}}}`` over the cases whose true
-    status is known, grouped by it: a lesion that did not change makes a changing region of
-    boundary voxels only, a growing one of new lesion, and the two read differently.
-    ``status_accuracy`` is the fraction of the group's cases given their true status."""
+    """``{predictor: {kind: {status: {metric: {mean, std, n}}}}}``: ``aggregate`` over the cases
+    of each true status (cases without one are left out). A lesion that did not change makes a
+    changing region of boundary voxels only, a growing one of new lesion: the two read
+    differently. Within a group ``status_accuracy`` is the fraction of its cases given their
+    true status; macro-F1 over one true class adds nothing and is dropped."""
     results: dict = {}
-    for name in names:
-        for kind in KINDS:
-            for status in STATUSES:
-                mine = [
-                    r
-                    for r in rows
-                    if r["predictor"] == name and r["kind"] == kind and r["status_true"] == status
-                ]
-                if not mine:
-                    continue
-                block = {m: _summary([r[m] for r in mine]) for m in _CASE_METRICS}
-                right = [float(r["status_pred"] == status) for r in mine]
-                block["status_accuracy"] = {
-                    "mean": float(np.mean(right)),
-                    "std": None,
-                    "n": len(right),
-                }
+    for status in STATUSES:
+        group = aggregate([r for r in rows if r["status_true"] == status], names)
+        for name, kinds in group.items():
+            for kind, block in kinds.items():
+                del block["status_macro_f1"]
                 results.setdefault(name, {}).setdefault(kind, {})[status] = block
     return results
 
