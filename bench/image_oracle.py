@@ -9,9 +9,12 @@ reference visit's image (copy-last) or the stable-tissue mean of the context vis
 blurred change kept to the voxels whose label changes), and scores every variant with the
 evaluation's own changing-region image MAE (``mtlgen.evaluate.run.case_metrics``). What stays
 is the part no label can explain: scan noise, the follow-up's own intensity drift, tissue moved
-by mass effect and atrophy, and partial-volume edges.
+by mass effect and atrophy, and partial-volume edges. One more variant keeps the model's own
+label rule (``priors.sized_label`` from the reference lesion) but gives it the TRUE volumes:
+the image a perfect volume forecast would reach. Ratios are printed over all cases and per
+true progression status.
 
-Example: python bench/image_oracle.py --blur 0.5 0.75 1.0
+Example: python bench/image_oracle.py --blur 0.5 0.75 1.0 --group all
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ def main() -> None:
     )
     parser.add_argument("-p", "--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--blur", type=float, nargs="+", default=[0.75], help="sigma, voxels")
-    parser.add_argument("--group", default="test", choices=["train", "val", "test"])
+    parser.add_argument(
+        "--group",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="patients whose future cases are scored (nothing is trained: 'all' is fair)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -40,12 +48,14 @@ def main() -> None:
     from mtlgen.evaluate.predictor import Prediction
     from mtlgen.evaluate.run import case_metrics, case_specs, case_truth
     from mtlgen.models.mtl_net import reference_image
-    from mtlgen.models.priors import class_mean_change, stable_tissue_mean
+    from mtlgen.models.priors import class_mean_change, sized_label, stable_tissue_mean
+    from mtlgen.progression import STATUSES
     from mtlgen.registry.series import load_series
 
     params = load_config(args.params)
     split = load_split(params.data.split_file)
-    chosen = set(getattr(split, args.group))
+    groups = ("train", "val", "test") if args.group == "all" else (args.group,)
+    chosen = {p for g in groups for p in getattr(split, g)}
     series = [
         s
         for s in load_series(params.registry.url, params.registry.sqlite_timeout_s)
@@ -57,7 +67,7 @@ def main() -> None:
     def onehot(label) -> torch.Tensor:
         return F.one_hot(torch.from_numpy(label.astype("int64")), 3).movedim(-1, 0)[None].float()
 
-    scores: dict[str, list[float]] = {}
+    scores: dict[str, dict[str, list[float]]] = {}
     for patient in series:
         for kind, context_idx, target_idx in case_specs(
             patient, params.data.max_context, params.data.reconstruction
@@ -98,6 +108,13 @@ def main() -> None:
             ref_oh, true_oh = onehot(truth.reference.label), onehot(truth.target.label)
             relabelled = torch.from_numpy(truth.reference.label != truth.target.label)[None, None]
             variants = {"copy-last": reference, "stable-tissue mean": stable}
+            # the model's own label rule (reference lesion, then nearness) given the TRUE
+            # volumes: what a perfect volume forecast would give
+            target = torch.from_numpy(truth.target.label.astype("int64"))
+            true_ml = torch.tensor([[(target == 1).sum(), (target > 0).sum()]]) * batch["voxel_ml"]
+            ref_label = torch.from_numpy(truth.reference.label.astype("int64"))[None]
+            sized = sized_label(ref_oh, true_ml, batch["voxel_ml"][None], ref_label)[0]
+            sized_oh = onehot(sized.numpy())
             for sigma in args.blur:
                 s = torch.tensor(sigma)
                 variants[f"true label on reference, blur {sigma}"] = class_mean_change(
@@ -108,16 +125,27 @@ def main() -> None:
                 variants[f"  same, only relabelled voxels, blur {sigma}"] = torch.where(
                     relabelled, changed, stable
                 )
+                variants[f"true volumes sized from the reference, blur {sigma}"] = (
+                    class_mean_change(stable, ref_oh, sized_oh, fallback, s)
+                )
             for name, image in variants.items():
                 images = {c: image[0, i].numpy() for i, c in enumerate(contrasts)}
                 pred = Prediction(images, truth.target.label, truth.volume_ml, "stable")
-                scores.setdefault(name, []).append(case_metrics(pred, truth)["image_mae_change"])
-    copy = statistics.fmean(scores["copy-last"])
-    print(f"{len(scores['copy-last'])} future cases of the {args.group} patients")
-    print(f"{'image':<45} {'MAE change':>10} {'/ copy-last':>11}")
-    for name, values in scores.items():
-        mean = statistics.fmean(values)
-        print(f"{name:<45} {mean:>10.4f} {mean / copy:>11.3f}")
+                mae = case_metrics(pred, truth)["image_mae_change"]
+                for group in ("all", truth.status):
+                    scores.setdefault(name, {}).setdefault(group, []).append(mae)
+    copy = scores["copy-last"]
+    counts = ", ".join(f"{len(v)} {g}" for g, v in copy.items() if g != "all")
+    print(f"{len(copy['all'])} future cases of the {args.group} patients ({counts})")
+    columns = [g for g in ("all", *STATUSES) if g in copy]
+    print(
+        f"{'image':<52} {'MAE change':>10}   / copy-last: " + " ".join(f"{g:>11}" for g in columns)
+    )
+    for name, by_group in scores.items():
+        ratios = " ".join(
+            f"{statistics.fmean(by_group[g]) / statistics.fmean(copy[g]):>11.3f}" for g in columns
+        )
+        print(f"{name:<52} {statistics.fmean(by_group['all']):>10.4f}{'':>14}{ratios}")
 
 
 if __name__ == "__main__":
