@@ -69,6 +69,29 @@ def test_training_writes_checkpoints_history_and_affinity(tmp_path, tiny_series)
     assert predictor.name == "mtl-hard"
 
 
+def test_pcgrad_changes_the_step_not_the_measured_task_affinity(tmp_path, tiny_series):
+    from mtlgen.train.loop import train_model
+
+    # one epoch, affinity from its first step, where both runs hold the same weights
+    runs = {
+        pcgrad: train_model(
+            _params("train.epochs=1", f"train.pcgrad={pcgrad}", "train.weighting=uncertainty"),
+            tiny_series,
+            _split(tiny_series),
+            tmp_path / str(pcgrad),
+        )
+        for pcgrad in (False, True)
+    }
+    plain, surgery = (
+        np.array(json.loads(r.affinity_json.read_text())["epochs"][0]["matrix"])
+        for r in runs.values()
+    )
+    assert np.allclose(plain, surgery, atol=1e-5)
+    assert not np.allclose(plain, np.eye(3))
+    wa, wb = _weights(runs[False].last_dir), _weights(runs[True].last_dir)
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa), "pcgrad must change the update"
+
+
 def test_cpu_training_is_deterministic(tmp_path, tiny_series):
     from mtlgen.train.loop import train_model
 

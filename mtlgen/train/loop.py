@@ -330,13 +330,18 @@ def train_model(
             terms = weighting.terms(losses)
             total = sum(terms.values()) + model.penalty().to(device)
             optimizer.zero_grad(set_to_none=True)
-            if step < affinity_steps:  # each task's gradient on the parameters it shares
+            if step < affinity_steps or pc_params:
+                # each trunk task's loss gradient on the parameters it shares, once per step
                 grads = [
-                    _flat_grad(losses[t], model.trunk.affinity_parameters(t)) for t in shared_tasks
+                    _flat_grad(losses[t], pc_params or model.trunk.affinity_parameters(t))
+                    for t in shared_tasks
                 ]
-                cosines.append(gradient_cosine(grads))
+                if step < affinity_steps:
+                    cosines.append(gradient_cosine(grads))
             if pc_params:
-                grads = [_flat_grad(terms[t], pc_params) for t in shared_tasks]
+                # a weighted term's gradient there is lambda_t times its loss's
+                weight_of = dict(zip(weighting.tasks, weighting.weights().detach(), strict=True))
+                grads = [weight_of[t] * g for t, g in zip(shared_tasks, grads, strict=True)]
                 total.backward()
                 merged = pcgrad(grads, _seeded(params.seed, epoch, step)).to(device)
                 offset = 0
