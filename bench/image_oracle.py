@@ -42,7 +42,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from mtlgen.config import load_config
-    from mtlgen.data.dataset import encode_context
+    from mtlgen.data.dataset import encode_context, lesion_volumes_ml
     from mtlgen.data.series import load_visit
     from mtlgen.data.splits import load_split
     from mtlgen.evaluate.predictor import Prediction
@@ -110,10 +110,10 @@ def main() -> None:
             variants = {"copy-last": reference, "stable-tissue mean": stable}
             # the model's own label rule (reference lesion, then nearness) given the TRUE
             # volumes: what a perfect volume forecast would give
-            target = torch.from_numpy(truth.target.label.astype("int64"))
-            true_ml = torch.tensor([[(target == 1).sum(), (target > 0).sum()]]) * batch["voxel_ml"]
+            vox = batch["voxel_ml"][None]
+            true_ml = torch.tensor([lesion_volumes_ml(truth.target.label, float(vox))])
             ref_label = torch.from_numpy(truth.reference.label.astype("int64"))[None]
-            sized = sized_label(ref_oh, true_ml, batch["voxel_ml"][None], ref_label)[0]
+            sized = sized_label(ref_oh, true_ml, vox, ref_label)[0]
             sized_oh = onehot(sized.numpy())
             for sigma in args.blur:
                 s = torch.tensor(sigma)
