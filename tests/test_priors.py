@@ -82,6 +82,28 @@ def test_class_mean_change_gives_new_lesion_voxels_the_lesion_look():
     assert torch.allclose(gone, torch.tensor(0.3), atol=0.02)  # the lesion takes the tissue look
 
 
+def test_class_mean_change_blurs_only_where_labels_change_as_a_full_blur_would():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 2, 10, 12, 9, generator=g)
+    label = torch.zeros(2, 10, 12, 9, dtype=torch.long)
+    label[0, 3:6, 4:8, 2:5], label[1, 0:3, 9:12, 6:9] = 1, 2  # sample 1 at the volume's corner
+    new = label.clone()
+    new[0, 2:7, 4:8, 2:5], new[1, 0:4, 8:12, 5:9] = 1, 2
+    ref, grown = (F.one_hot(x, 3).movedim(-1, 1).float() for x in (label, new))
+    fallback = torch.full((3, 2), 0.5, requires_grad=True)
+    sigma = torch.tensor(0.8, requires_grad=True)
+    out = class_mean_change(image, ref, grown, fallback, sigma)
+    means = class_means(image, ref, fallback)
+    full = image + gaussian_blur(torch.einsum("bk...,bkc->bc...", grown - ref, means), sigma)
+    assert torch.allclose(out, full, atol=1e-6)
+    weights = torch.rand(out.shape, generator=g)
+    cropped = torch.autograd.grad((out * weights).sum(), (fallback, sigma))
+    whole = torch.autograd.grad((full * weights).sum(), (fallback, sigma))
+    for a, b in zip(cropped, whole, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.equal(class_mean_change(image, ref, ref, fallback, sigma), image)  # no change
+
+
 def test_gaussian_blur_keeps_the_mass_and_spreads_an_edge():
     x = torch.zeros(1, 1, 11, 11, 11)
     x[0, 0, 5, 5, 5] = 1.0

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 MAX_LOG_VOLUME = math.log1p(1000.0)  # log(1 + ml): caps extrapolated volumes at 1 litre
+BLUR_RADIUS = 2  # voxels: half-width of the ``gaussian_blur`` kernel
 
 
 def _axis_padding(ndim: int, axis: int, radius: int) -> list[int]:
@@ -139,7 +140,7 @@ def class_means(
     return (sums + fallback) / (weights.sum(dim=2, keepdim=True) + 1.0)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = BLUR_RADIUS) -> torch.Tensor:
     """Separable Gaussian smoothing of [N, C, *S] with a (differentiable) ``sigma`` in voxels,
     as weighted sums of shifted copies (depthwise convolutions are slow on CPUs); zero padding."""
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -150,6 +151,17 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torc
         size = x.shape[axis]
         x = sum(kernel[i] * padded.narrow(axis, i, size) for i in range(2 * radius + 1))
     return x
+
+
+def bounding_box(mask: torch.Tensor | np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of ``mask`` (torch or numpy) grown by ``margin`` voxels on
+    every side and clipped to the array; None if the mask is empty."""
+    hits = torch.as_tensor(mask).nonzero()
+    if len(hits) == 0:
+        return None
+    lo, hi = hits.min(dim=0).values - margin, hits.max(dim=0).values + margin + 1
+    bounds = zip(lo.tolist(), hi.tolist(), mask.shape, strict=True)
+    return tuple(slice(max(a, 0), min(b, n)) for a, b, n in bounds)
 
 
 def class_mean_change(
@@ -165,9 +177,20 @@ def class_mean_change(
     edges are partial volumes, its labels are not). Unchanged voxels keep their intensity.
     -> [B, C, *S]."""
     means = class_means(image, ref_probs, fallback)  # [B, 3, C]
-    # blurring is linear: blur the C-channel intensity change, not the 3 class changes
-    change = torch.einsum("bk...,bkc->bc...", new_probs - ref_probs, means)
-    return image + gaussian_blur(change, sigma)
+    diff = new_probs - ref_probs
+    changed = (diff != 0).any(dim=1)  # [B, *S]
+    out = image.clone()
+    for i in range(len(image)):
+        # the change is zero where the labels do not change: blur only the bounding box of
+        # the changed voxels grown by the blur radius (zero padding at its edge is then exact)
+        box = bounding_box(changed[i], BLUR_RADIUS)
+        if box is None:
+            continue
+        window = (slice(i, i + 1), slice(None), *box)
+        # blurring is linear: blur the C-channel intensity change, not the 3 class changes
+        change = torch.einsum("bk...,bkc->bc...", diff[window], means[i : i + 1])
+        out[window] = out[window] + gaussian_blur(change, sigma, BLUR_RADIUS)
+    return out
 
 
 def _top(score: torch.Tensor, count: int) -> torch.Tensor:
@@ -176,17 +199,6 @@ def _top(score: torch.Tensor, count: int) -> torch.Tensor:
     if count > 0:
         flat[torch.topk(score.flatten(), min(count, score.numel()), sorted=False).indices] = True
     return flat.reshape(score.shape)
-
-
-def bounding_box(mask: torch.Tensor | np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of ``mask`` (torch or numpy) grown by ``margin`` voxels on
-    every side and clipped to the array; None if the mask is empty."""
-    hits = torch.as_tensor(mask).nonzero()
-    if len(hits) == 0:
-        return None
-    lo, hi = hits.min(dim=0).values - margin, hits.max(dim=0).values + margin + 1
-    bounds = zip(lo.tolist(), hi.tolist(), mask.shape, strict=True)
-    return tuple(slice(max(a, 0), min(b, n)) for a, b, n in bounds)
 
 
 def sized_label(
