@@ -124,6 +124,39 @@ def _by_status_ratios(lanes: list[dict]) -> dict:
     return ratios
 
 
+def _time_ratios(runs: dict, tasks: tuple[str, ...]) -> dict:
+    """MTL training time / the single-task models' sum, in total (what issue 4 bounds) and per
+    epoch (the cost of a step, apart from how many epochs early stopping let each model run);
+    printed, and returned with the epochs each model ran."""
+
+    def of(task: str) -> list[dict]:
+        return [r for r in runs.values() if r["task"] == task]
+
+    def per_epoch(task: str) -> float:
+        return sum(r["train_time_s"] for r in of(task)) / sum(r["epochs"] for r in of(task))
+
+    mtl = sum(r["train_time_s"] for r in of("all"))
+    single = sum(r["train_time_s"] for t in tasks for r in of(t))
+    epoch_mtl, epoch_single = per_epoch("all"), sum(per_epoch(t) for t in tasks)
+    epochs = {t: [r["epochs"] for r in of(t)] for t in ("all", *tasks)}
+    print(
+        f"training time: MTL {mtl:.1f} s vs sum of single-task {single:.1f} s -> ratio "
+        f"{mtl / single:.3f}"
+    )
+    print(
+        f"  per epoch: MTL {epoch_mtl:.1f} s vs {epoch_single:.1f} s -> ratio "
+        f"{epoch_mtl / epoch_single:.3f}; epochs run per seed: "
+        + ", ".join(f"{'mtl' if t == 'all' else t} {e}" for t, e in epochs.items())
+    )
+    return {
+        "mtl_s": mtl,
+        "single_s": single,
+        "ratio": mtl / single,
+        "per_epoch_ratio": epoch_mtl / epoch_single,
+        "epochs": epochs,
+    }
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -259,7 +292,6 @@ def run_bench(params, series, splits: list, tasks, out: Path, lanes: int, thread
         )
         print(f"  seed {seed}: " + "  ".join(f"{r:.3f}" for r in ratios))
     checks["by_status"] = _by_status_ratios(lanes)
-    single_time = 0.0
     for task in tasks:
         kind, metric, direction = OWN_METRIC[task]
         mtl = _mean_std(seeds_of("mtl", kind, metric))
@@ -276,13 +308,7 @@ def run_bench(params, series, splits: list, tasks, out: Path, lanes: int, thread
             f"{task:>11} {kind}.{metric}: MTL {mtl[0]:.4f} +- {mtl[1]:.4f} vs single "
             f"{single[0]:.4f} +- {single[1]:.4f} ({'matches/beats' if ok else 'WORSE'})"
         )
-        single_time += sum(r["train_time_s"] for r in report["runs"].values() if r["task"] == task)
-    mtl_time = sum(r["train_time_s"] for r in report["runs"].values() if r["task"] == "all")
-    checks["time_ratio"] = mtl_time / single_time
-    print(
-        f"training time: MTL {mtl_time:.1f} s vs sum of single-task {single_time:.1f} s "
-        f"-> ratio {checks['time_ratio']:.3f}"
-    )
+    checks["time"] = _time_ratios(report["runs"], tasks)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({**report, "results": results}, indent=1))
     print(f"wrote {out / 'bench.json'} (total wall {wall:.0f} s)")

@@ -8,10 +8,12 @@ For each grid (the default model grid of params.yaml's preprocess.shape, and a c
 
 on real longitudinal samples of the registered cohort (``mtlgen register`` first), resized to
 the grid. Prints samples/s, ms/step, peak memory and the ratio MTL step / sum of the
-single-task steps (what multi-task learning saves per step). Each grid runs in its own process
-so that its peak memory is its own. CUDA with bf16 autocast when a GPU is present, else CPU.
+single-task steps (what multi-task learning saves per step). Each model runs in its own process
+so that its peak memory is its own, ``--rounds`` times in rotating order, and its median run is
+reported (a shared machine's speed drifts by tens of percent within minutes; one run each would
+put that drift into the ratio). CUDA with bf16 autocast when a GPU is present, else CPU.
 
-Example: python bench/train.py --steps 10 --grids default 64
+Example: python bench/train.py --steps 10 --grids default 64 --rounds 3
 """
 
 from __future__ import annotations
@@ -117,6 +119,12 @@ def measure(
     }
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median step time (its samples/s and ms/step), with the largest peak memory."""
+    ordered = sorted(runs, key=lambda r: r["ms_per_step"])
+    return {**ordered[len(ordered) // 2], "peak_mib": max(r["peak_mib"] for r in runs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -133,6 +141,13 @@ def main() -> None:
         default=0,
         help="use only the first N registered patients (0: all); their scans are all it reads",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure every model this many times, in rotating order, and report the median "
+        "(a shared machine's speed drifts by tens of percent within minutes)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("GRID", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -143,19 +158,22 @@ def main() -> None:
         return
     overrides = [x for s in args.set for x in ("-S", s)]
     for grid in args.grids:
-        rows = {}
-        for task in TASKS:
-            cmd = [sys.executable, __file__, "-p", args.params, *overrides]
-            cmd += ["--steps", str(args.steps), "--patients", str(args.patients)]
-            cmd += ["--child", grid, task]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise SystemExit(f"{grid}/{task} failed:\n{done.stderr[-2000:]}")
-            rows[task] = json.loads(done.stdout.strip().splitlines()[-1])
+        runs: dict[str, list[dict]] = {task: [] for task in TASKS}
+        for round_ in range(args.rounds):  # each round starts one model later: drift spreads
+            for task in TASKS[round_ % len(TASKS) :] + TASKS[: round_ % len(TASKS)]:
+                cmd = [sys.executable, __file__, "-p", args.params, *overrides]
+                cmd += ["--steps", str(args.steps), "--patients", str(args.patients)]
+                cmd += ["--child", grid, task]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise SystemExit(f"{grid}/{task} failed:\n{done.stderr[-2000:]}")
+                runs[task].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows = {task: _median_run(r) for task, r in runs.items()}
         first = rows["all"]
         print(
             f"\ngrid {first['grid']} | device {first['device']} | threads {first['threads']} "
-            f"| batch {first['batch_size']} | {args.steps} timed steps"
+            f"| batch {first['batch_size']} | {args.steps} timed steps | median of "
+            f"{args.rounds} round(s)"
         )
         print(f"{'model':<14}{'samples/s':>11}{'ms/step':>10}{'peak MiB':>10}")
         for task, r in rows.items():

@@ -16,7 +16,7 @@ from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
 from mtlgen.data.series import load_visit
 from mtlgen.models.blocks import PointwiseHead, upsample_linear
 from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
-from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
+from mtlgen.models.mtl_net import TASKS, MultiTaskNet, class_labels, reference_image
 from mtlgen.models.predictor import load_predictor
 from mtlgen.models.sharing import HardTrunk, MtanTrunk, SoftTrunk
 
@@ -266,3 +266,13 @@ def test_predictor_answers_the_protocol_for_mtl_and_single_task(tmp_path, tiny_s
             assert pred.core_volume_ml == pytest.approx(
                 lesion_volumes_ml(visits[1].label, 0.064)[0]
             )
+
+
+def test_class_labels_is_argmax_over_the_classes_first_index_on_ties():
+    g = torch.Generator().manual_seed(0)
+    soft = torch.rand(2, 3, 5, 6, 7, generator=g).softmax(dim=1)
+    hard = F.one_hot(torch.randint(0, 3, (2, 5, 6, 7), generator=g), 3).movedim(-1, 1).float()
+    ties = torch.zeros(1, 3, 4, 4)
+    ties[:, 1:] = 1.0  # core and edema tie: core, as argmax answers
+    for probs in (soft, hard.contiguous(), ties, torch.zeros(1, 3, 2, 2)):
+        assert torch.equal(class_labels(probs), probs.argmax(dim=1))
