@@ -39,7 +39,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    import torch.nn.functional as F
 
     from mtlgen.config import load_config
     from mtlgen.data.dataset import encode_context, lesion_volumes_ml
@@ -47,7 +46,7 @@ def main() -> None:
     from mtlgen.data.splits import load_split
     from mtlgen.evaluate.predictor import Prediction
     from mtlgen.evaluate.run import case_metrics, case_specs, case_truth
-    from mtlgen.models.mtl_net import reference_image
+    from mtlgen.models.mtl_net import class_channels, reference_image
     from mtlgen.models.priors import class_mean_change, sized_label, stable_tissue_mean
     from mtlgen.progression import STATUSES
     from mtlgen.registry.series import load_series
@@ -65,7 +64,7 @@ def main() -> None:
     fallback = torch.full((3, len(contrasts)), 0.5)
 
     def onehot(label) -> torch.Tensor:
-        return F.one_hot(torch.from_numpy(label.astype("int64")), 3).movedim(-1, 0)[None].float()
+        return class_channels(torch.from_numpy(label.astype("int64"))[None], 1)
 
     scores: dict[str, dict[str, list[float]]] = {}
     for patient in series:
@@ -95,7 +94,7 @@ def main() -> None:
                 batch["images"], batch["contrast_present"], batch["ref_slot"]
             )
             known = (batch["mask_present"] & batch["visit_valid"]).float()
-            probs = F.one_hot(batch["masks"], 3).movedim(-1, 2).float()
+            probs = class_channels(batch["masks"], 2)
             probs = probs * known.reshape(*known.shape, 1, 1, 1, 1)
             stable = stable_tissue_mean(
                 batch["images"],

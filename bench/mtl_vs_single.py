@@ -10,7 +10,8 @@ measured in this run:
 - the same image and Dice ratios per seed on the future cases grouped by true progression
   status (on a lesion that did not change, the changing region is its boundary voxels only);
 - MTL vs each single-task model on that task's own metric (mean +- std over seeds);
-- MTL training time / sum of the single-task training times.
+- MTL training time / sum of the single-task training times, in total and per epoch (apart from
+  how many epochs early stopping let each model run), with the epochs each model ran.
 
 Seeds run as parallel lanes (``--lanes``); within a lane the runs are sequential, so MTL and
 its single-task counterparts share the same conditions. With ``--split-per-seed`` seed s also

@@ -61,7 +61,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), index]
 
 
-def _class_channels(label: torch.Tensor, dim: int) -> torch.Tensor:
+def class_channels(label: torch.Tensor, dim: int) -> torch.Tensor:
     """Integer labels (0 bg, 1 core, 2 edema) as float one-hot channels inserted at ``dim``
     (one broadcast comparison: contiguous, and ~2x faster than ``F.one_hot`` + ``movedim``)."""
     classes = torch.arange(3, device=label.device).reshape(3, *([1] * (label.dim() - dim)))
@@ -193,7 +193,7 @@ class MultiTaskNet(nn.Module):
         spatial = images.shape[3:]
         ones = (1,) * len(spatial)
         given = batch["mask_input"] & batch["visit_valid"]
-        onehot = _class_channels(batch["masks"], 2)  # [B, K, 3, *S]
+        onehot = class_channels(batch["masks"], 2)  # [B, K, 3, *S]
         years, valid, ref = batch["years"], batch["visit_valid"], batch["ref_slot"]
         feats = {}
         if self.trunk is not None:
@@ -296,8 +296,8 @@ class MultiTaskNet(nn.Module):
             )
             expected = class_mean_change(
                 base,
-                _class_channels(ref_label, 1),
-                _class_channels(future_label, 1),
+                class_channels(ref_label, 1),
+                class_channels(future_label, 1),
                 self.class_intensity,
                 self.blur(),
             )
