@@ -10,6 +10,7 @@ from mtlgen.config import DataConfig
 from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
 from mtlgen.data.series import PatientSeries, load_visit
 from mtlgen.data.splits import load_split, make_split, save_split
+from mtlgen.data.trajectories import volume_trajectories
 from mtlgen.progression import STATUSES, progression_status
 
 INC = DEC = 0.25
@@ -133,3 +134,21 @@ def test_two_dimensional_samples_take_the_lesion_slice(tiny_series):
     z = int(item["slice_z"])
     ref = load_visit(tiny_series[0].visits[0]).label
     assert (ref[..., z] > 0).sum() == max((ref[..., i] > 0).sum() for i in range(ref.shape[2]))
+
+
+def test_volume_trajectories_are_the_future_cases_label_volumes(tiny_series):
+    cases = volume_trajectories(tiny_series, max_context=2)
+    assert len(cases) == sum(len(s.visits) - 1 for s in tiny_series)
+    patient = tiny_series[0]
+    ml = [lesion_volumes_ml(load_visit(v).label, 0.064) for v in patient.visits]
+    mine = cases.of([patient.patient])
+    # the third visit's case: visits 0 and 1 as context, both before it
+    days = [v.days for v in patient.visits]
+    assert mine.truth[1].tolist() == pytest.approx(ml[2])
+    assert np.allclose(mine.volumes[1].numpy(), [ml[0], ml[1]])
+    assert mine.years[1].tolist() == pytest.approx([(d - days[2]) / 365.25 for d in days[:2]])
+    assert mine.valid[1].tolist() == [True, True] and int(mine.ref[1]) == 1
+    # the second visit's case has one context visit: the other slot is padding
+    assert mine.valid[0].tolist() == [True, False] and int(mine.ref[0]) == 0
+    assert mine.volumes[0, 1].tolist() == [0.0, 0.0]
+    assert set(cases.of([]).patients) == set()

@@ -12,7 +12,9 @@ from mtlgen.models.priors import (
     class_means,
     dilate,
     extrapolated_log_volume,
+    fit_gompertz,
     gaussian_blur,
+    gompertz_at_target,
     line_at_target,
     nearest_given_mask,
     sized_label,
@@ -152,9 +154,10 @@ def test_extrapolated_log_volume_moves_the_line_towards_the_other_extrapolations
     years = torch.tensor([[-3.0, -2.0, -1.0]])
     valid, ref = torch.ones(1, 3, dtype=torch.bool), torch.tensor([2])
 
-    def log_ml(w1: float, w2: float) -> float:
-        weights = torch.tensor([[w1, w2]])
-        return float(extrapolated_log_volume(volumes, years, valid, ref, weights))
+    def log_ml(w1: float, w2: float, w3: float = 0.0) -> float:
+        weights = torch.tensor([[w1, w2, w3]])
+        capacity = torch.tensor([8.0])
+        return float(extrapolated_log_volume(volumes, years, valid, ref, weights, capacity))
 
     _, intercept = np.polyfit([-3.0, -2.0, -1.0], np.log1p([1.0, 2.0, 3.0]), 1)
     assert log_ml(0, 0) == pytest.approx(np.log1p(4.0), abs=1e-5)  # linear extrapolation
@@ -163,6 +166,61 @@ def test_extrapolated_log_volume_moves_the_line_towards_the_other_extrapolations
     halfway = (np.log1p(4.0) + np.log1p(3.0)) / 2
     assert log_ml(0, 0.5) == pytest.approx(halfway, abs=1e-5)
     assert log_ml(0, -40) == pytest.approx(np.log1p(1000.0), abs=1e-5)  # capped at 1 litre
+    # the Gompertz fit towards 8 ml: log(log 8 - log V) is a line through the three visits
+    z = np.log(np.log(8.0) - np.log([1.0, 2.0, 3.0]))
+    _, z0 = np.polyfit([-3.0, -2.0, -1.0], z, 1)
+    assert log_ml(0, 0, 1) == pytest.approx(np.log1p(8.0 * np.exp(-np.exp(z0))), abs=1e-5)
+
+
+def _gompertz(k: float, v0: float, rate: float, days: np.ndarray) -> np.ndarray:
+    return k * np.exp(np.log(v0 / k) * np.exp(-rate * days / 365.25))
+
+
+def test_gompertz_at_target_continues_a_gompertz_curve_exactly():
+    days = np.array([0.0, 120.0, 300.0, 420.0])  # irregular visits, target at 420 days
+    volumes = torch.tensor(_gompertz(16.0, 2.0, 1.5, days[:3]), dtype=torch.float64)
+    years = torch.tensor((days[:3] - days[3]) / 365.25)
+    forecast = gompertz_at_target(
+        volumes.reshape(1, 3, 1), years[None], torch.ones(1, 3, dtype=torch.bool),
+        torch.tensor([16.0], dtype=torch.float64),
+    )  # fmt: skip
+    assert float(forecast) == pytest.approx(_gompertz(16.0, 2.0, 1.5, days[3:])[0], rel=1e-9)
+    # an empty lesion stays (nearly) empty
+    empty = gompertz_at_target(
+        torch.zeros(1, 3, 1), years[None].float(), torch.ones(1, 3, dtype=torch.bool),
+        torch.tensor([16.0]),
+    )  # fmt: skip
+    assert float(empty) < 1e-2
+
+
+def _cases(volume_law, n: int = 30, seed: int = 0):
+    """n future cases of 3 visits each, volumes from ``volume_law(v0, rate, days)``."""
+    rng = np.random.default_rng(seed)
+    volumes, years, truth = [], [], []
+    for _ in range(n):
+        days = np.concatenate([[0.0], np.cumsum(rng.uniform(45, 240, size=3))])
+        v = volume_law(rng.uniform(1.0, 4.0), rng.uniform(0.8, 2.5), days)
+        volumes.append(np.stack([v[:3], 1.5 * v[:3]], axis=-1))
+        years.append((days[:3] - days[3]) / 365.25)
+        truth.append([v[3], 1.5 * v[3]])
+    f = torch.float32
+    return (
+        torch.tensor(np.array(volumes), dtype=f), torch.tensor(np.array(years), dtype=f),
+        torch.ones(n, 3, dtype=torch.bool), torch.full((n,), 2), torch.tensor(truth, dtype=f),
+    )  # fmt: skip
+
+
+def test_fit_gompertz_finds_the_carrying_capacity_of_gompertz_growth():
+    capacity, weight = fit_gompertz(*_cases(lambda v0, r, d: _gompertz(16.0, v0, r, d)))
+    # the grid's nearest capacities (steps of 2^(1/4)), per volume type
+    assert capacity[0] == pytest.approx(16.0, rel=0.1)
+    assert capacity[1] == pytest.approx(24.0, rel=0.1)
+    assert weight.tolist() == pytest.approx([0.95, 0.95])
+
+
+def test_fit_gompertz_keeps_linear_extrapolation_for_linear_growth():
+    _, weight = fit_gompertz(*_cases(lambda v0, r, d: v0 + r * d / 365.25))
+    assert weight.tolist() == [0.0, 0.0]
 
 
 def test_sized_label_sizes_the_label_to_the_volumes():

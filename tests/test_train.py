@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 
 from mtlgen.config import load_config
 from mtlgen.data.splits import Split
+from mtlgen.data.trajectories import volume_trajectories
 from mtlgen.models.predictor import load_predictor
+from mtlgen.models.priors import fit_gompertz
 
 TINY = [
     "model.features=[4,8,16]",
@@ -67,6 +69,11 @@ def test_training_writes_checkpoints_history_and_affinity(tmp_path, tiny_series)
     assert saved["best_epoch"] == result.best_epoch
     predictor = load_predictor(result.checkpoint_dir)
     assert predictor.name == "mtl-hard"
+    # the progression head started from the training patients' Gompertz fit
+    train = volume_trajectories(tiny_series[:3], max_context=2)
+    capacity, weight = fit_gompertz(train.volumes, train.years, train.valid, train.ref, train.truth)
+    meta = json.loads((result.checkpoint_dir / "config.json").read_text())["meta"]
+    assert meta["growth_prior"] == {"capacity_ml": capacity.tolist(), "weight": weight.tolist()}
 
 
 def test_pcgrad_changes_the_step_not_the_measured_task_affinity(tmp_path, tiny_series):

@@ -9,10 +9,12 @@ careful reader would guess and learns what the data add:
   visit nearest in time (if any); its soft volume feeds the progression head and its lesion
   map guides the other heads.
 - ``progression``: the least-squares line of core and whole-lesion volume over the context
-  visits read at the target date, moved (in log-volume) towards or away from two other
-  extrapolations (log-linear fit, the reference visit's volume) by four learned weights in
-  (-1, 1), zero at start (linear extrapolation), the same for every patient: per-patient
-  weights read from the image features did not transfer to held-out patients (docs/model.md).
+  visits read at the target date, moved (in log-volume) towards or away from three other
+  extrapolations (log-linear fit, the reference visit's volume, Gompertz growth towards a
+  learned carrying capacity) by six learned weights in (-1, 1), the same for every patient:
+  per-patient weights read from the image features did not transfer to held-out patients
+  (docs/model.md). Training starts them at the training cohort's Gompertz fit
+  (``set_growth_prior``), else at zero (linear extrapolation).
   It reads no trunk features; the trunk reaches it through the segmentation of context visits
   that have no mask. Status logits are a soft version of the volumetric rule, so status
   cross-entropy trains the volume too.
@@ -54,6 +56,7 @@ from mtlgen.models.sharing import build_trunk
 
 TASKS = ("seg", "future_seg", "progression", "image")
 VOLUME_EPS_ML = 0.05
+DEFAULT_LOG_CAPACITY = math.log(100.0)  # ml; the Gompertz weight is 0 until a cohort fit
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -174,11 +177,21 @@ class MultiTaskNet(nn.Module):
             # point spread (voxels) of the label change in the image, learned
             self.log_blur = nn.Parameter(torch.tensor(math.log(0.75)))
         if "progression" in self.tasks:
-            # [core, whole lesion] x [towards the log-linear fit, towards the reference volume]
-            self.extrapolation_weights = nn.Parameter(torch.zeros(2, 2))
+            # [core, whole lesion] x towards [the log-linear fit, the reference volume, the
+            # Gompertz fit]: in (-1, 1) through tanh; capacities of the Gompertz fit in ml
+            self.extrapolation_weights = nn.Parameter(torch.zeros(2, 3))
+            self.register_buffer("log_capacity", torch.full((2,), DEFAULT_LOG_CAPACITY))
             self.log_tau = nn.Parameter(torch.tensor(math.log(0.25)))
         if spatial_dims == 3:  # channels-last 3-D convolutions: ~2x faster on CPU (oneDNN)
             self.to(memory_format=torch.channels_last_3d)
+
+    def set_growth_prior(self, capacity: torch.Tensor, gompertz_weight: torch.Tensor) -> None:
+        """Start the progression head from a cohort's Gompertz fit (``priors.fit_gompertz``):
+        carrying capacities [2] ml and weights [2] in [0, 1) towards the Gompertz forecast."""
+        with torch.no_grad():
+            self.log_capacity.copy_(capacity.log())
+            self.extrapolation_weights.zero_()
+            self.extrapolation_weights[:, 2] = torch.atanh(gompertz_weight.clamp(0.0, 0.99))
 
     def blur(self) -> torch.Tensor:
         """Point spread (voxels) of a label change in the image (``class_mean_change``)."""
@@ -242,7 +255,8 @@ class MultiTaskNet(nn.Module):
         delta = torch.zeros(b, device=images.device, dtype=images.dtype)
         if "progression" in self.tasks:
             weights = torch.tanh(self.extrapolation_weights.float())
-            log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights)
+            capacity = self.log_capacity.float().exp()
+            log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights, capacity)
             out["log_volume"] = log_volume
             ratio = torch.log(log_volume[:, 0].expm1() + VOLUME_EPS_ML) - torch.log(
                 ref_core + VOLUME_EPS_ML

@@ -2,9 +2,12 @@
 
 - ``line_at_target``: least-squares line through the context visits' values over time, read
   at the target (t = 0): linear volume extrapolation (or interpolation) inside the network.
+- ``gompertz_at_target``: Gompertz growth towards a carrying capacity K, fitted per case as
+  the line of log(log K - log V) over time (the standard law of a growing tumour).
 - ``extrapolated_log_volume``: that line read for the lesion volumes, moved in log-volume
-  towards or away from the log-linear fit and the reference visit's volume by given weights
-  (zero weights: linear extrapolation).
+  towards or away from the log-linear fit, the reference visit's volume and the Gompertz fit
+  by given weights (zero weights: linear extrapolation); ``fit_gompertz`` chooses K and the
+  Gompertz weight on a cohort's volume trajectories.
 - ``nearest_given_mask``: for every context visit, the given mask of the visit nearest in time
   (all visits sit on the baseline's grid, so it is where the lesion was a few months away).
 - ``mask_logits``: a mask as logits, added to a mask head's output so that the head starts
@@ -69,28 +72,81 @@ def line_at_target(values: torch.Tensor, years: torch.Tensor, valid: torch.Tenso
     return v_mean - slope * t_mean
 
 
+def gompertz_at_target(
+    volumes: torch.Tensor, years: torch.Tensor, valid: torch.Tensor, capacity: torch.Tensor
+) -> torch.Tensor:
+    """Gompertz extrapolation to t = 0 of ``volumes`` [B, K, V] (ml) over ``years`` [B, K]
+    towards the carrying capacities ``capacity`` [V] (ml): V(t) = K exp(-exp(a + b t)), so
+    log(log K - log V) is the least-squares line of the valid visits. Volumes are clamped to
+    [1 ul, 0.97 K] (an empty lesion stays near empty). -> [B, V] ml."""
+    log_k = capacity.log()
+    v = volumes.clamp(min=1e-3).minimum(0.97 * capacity)
+    z = line_at_target((log_k - v.log()).log(), years, valid)
+    return torch.exp(log_k - z.exp())
+
+
 def extrapolated_log_volume(
     volumes: torch.Tensor,
     years: torch.Tensor,
     valid: torch.Tensor,
     ref: torch.Tensor,
     weights: torch.Tensor,
+    capacity: torch.Tensor,
 ) -> torch.Tensor:
     """log(1 + volume) at the target (t = 0): the least-squares line of ``volumes`` [B, K, V]
-    (ml) over ``years`` [B, K] (valid [B, K] visits), moved in log-volume by ``weights`` [V, 2]
-    towards the log-linear fit (column 0) and towards the volume of slot ``ref`` [B] (column 1).
-    Zero weights give linear extrapolation. -> [B, V] float32 in [0, MAX_LOG_VOLUME]."""
-    candidates = torch.stack(  # [B, V, 3 extrapolations] in ml
+    (ml) over ``years`` [B, K] (valid [B, K] visits), moved in log-volume by ``weights`` [V, 3]
+    towards the log-linear fit (column 0), the volume of slot ``ref`` [B] (column 1) and the
+    Gompertz fit towards ``capacity`` [V] ml (column 2). Zero weights give linear
+    extrapolation. -> [B, V] float32 in [0, MAX_LOG_VOLUME]."""
+    candidates = torch.stack(  # [B, V, 4 extrapolations] in ml
         [
             line_at_target(volumes, years, valid).clamp_min(0.0),
             line_at_target(volumes.log1p(), years, valid).clamp(0.0, MAX_LOG_VOLUME).expm1(),
             volumes[torch.arange(volumes.shape[0], device=volumes.device), ref],
+            gompertz_at_target(volumes, years, valid, capacity),
         ],
         dim=-1,
     ).float()
     logs = candidates.log1p()
     moved = logs[..., 0] + (weights * (logs[..., 1:] - logs[..., :1])).sum(-1)
     return moved.clamp(0.0, MAX_LOG_VOLUME)
+
+
+GOMPERTZ_WEIGHTS = (0.25, 0.5, 0.75, 0.9, 0.95)  # tried by ``fit_gompertz``
+
+
+def fit_gompertz(
+    volumes: torch.Tensor,
+    years: torch.Tensor,
+    valid: torch.Tensor,
+    ref: torch.Tensor,
+    truth: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per volume type, the carrying capacity (ml) and the weight towards the Gompertz fit
+    (0, i.e. linear extrapolation, or one of ``GOMPERTZ_WEIGHTS``) whose
+    ``extrapolated_log_volume`` has the least mean absolute error against the true target
+    volumes ``truth`` [N, V] (ml) of a cohort's cases (volumes [N, K, V] etc.). Capacities
+    from 1.1x to ~64x the largest volume seen are tried. -> (capacity [V], weight [V])."""
+    n_types = volumes.shape[-1]
+    largest = volumes.flatten(0, 1).amax(0).clamp_min(1e-2)  # [V]
+    factors = 1.1 * 2.0 ** (torch.arange(25, dtype=torch.float32) / 4)  # 1.1x .. ~64x
+
+    def error(w: float, factor: float) -> torch.Tensor:
+        weights = torch.zeros(n_types, 3)
+        weights[:, 2] = w
+        log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights, largest * factor)
+        return (log_volume.expm1() - truth).abs().mean(0)  # [V]
+
+    # linear extrapolation (weight 0) unless a Gompertz fit does better
+    best, capacity, weight = error(0.0, factors[-1]), largest * factors[-1], torch.zeros(n_types)
+    for factor in factors:
+        for w in GOMPERTZ_WEIGHTS:
+            e = error(w, factor)
+            better = e < best - 1e-9
+            best = torch.where(better, e, best)
+            capacity = torch.where(better, largest * factor, capacity)
+            weight = torch.where(better, torch.tensor(w), weight)
+    return capacity, weight
 
 
 def nearest_given_mask(

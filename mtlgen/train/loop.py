@@ -38,6 +38,7 @@ from mtlgen.config import Params
 from mtlgen.data.dataset import LongitudinalDataset
 from mtlgen.data.series import PatientSeries
 from mtlgen.data.splits import Split
+from mtlgen.data.trajectories import volume_trajectories
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.losses.affinity import gradient_cosine, write_affinity
 from mtlgen.losses.pcgrad import pcgrad
@@ -45,6 +46,7 @@ from mtlgen.losses.tasks import task_losses
 from mtlgen.losses.weighting import LossWeighting
 from mtlgen.models.checkpoint import save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet
+from mtlgen.models.priors import fit_gompertz
 from mtlgen.train.state import load_train_state, read_loop, save_train_state
 
 log = logging.getLogger(__name__)
@@ -231,7 +233,24 @@ def train_model(
 
     torch.manual_seed(params.seed)
     kwargs = model_kwargs(params, tasks)
-    model = MultiTaskNet(**kwargs).to(device)
+    model = MultiTaskNet(**kwargs)
+    growth_prior: dict[str, list[float]] = {}
+    if "progression" in tasks:
+        cases = volume_trajectories(train_series, params.data.max_context)
+        if len(cases):
+            capacity, weight = fit_gompertz(
+                cases.volumes, cases.years, cases.valid, cases.ref, cases.truth
+            )
+            model.set_growth_prior(capacity, weight)
+            growth_prior = {"capacity_ml": capacity.tolist(), "weight": weight.tolist()}
+            log.info(
+                "growth prior from %d training cases: Gompertz weight %s towards capacity %s ml"
+                " (core, whole lesion)",
+                len(cases),
+                [round(w, 2) for w in growth_prior["weight"]],
+                [round(c, 2) for c in growth_prior["capacity_ml"]],
+            )
+    model = model.to(device)
     weighting = LossWeighting(tasks, cfg.weighting, cfg.task_weights, cfg.dwa_temperature).to(
         device
     )
@@ -275,6 +294,7 @@ def train_model(
         "sharing": kwargs["sharing"],
         "weighting": cfg.weighting,
         "pcgrad": cfg.pcgrad,
+        "growth_prior": growth_prior,
     }
     if logger is not None and rank == 0:
         logger.log_params(
