@@ -248,3 +248,25 @@ def test_sized_label_grows_and_shrinks_a_lesion_from_its_reference_shape():
     ring = torch.nonzero((grown == 1) & (reference[0] == 0))
     assert ring.min() >= 2 and ring.max() <= 6  # grows at its border
     assert int((shrunk == 1).sum()) == 10 and bool((reference[1][shrunk == 1] == 1).all())
+
+
+@pytest.mark.parametrize(
+    "law",
+    [
+        lambda v0, r, d: v0 * np.exp(0.6 * r * d / 365.25),  # exponential: no capacity
+        lambda v0, r, d: 16.0 / (1 + (16.0 / v0 - 1) * np.exp(-r * d / 365.25)),  # logistic
+        lambda v0, r, d: _gompertz(6.0 + 8.0 * v0, v0, r, d),  # a capacity per patient
+    ],
+    ids=["exponential", "logistic", "gompertz-per-patient-capacity"],
+)
+def test_fit_gompertz_beats_linear_extrapolation_on_held_out_cases_of_other_growth_laws(law):
+    capacity, weight = fit_gompertz(*_cases(law, n=40, seed=0))
+    volumes, years, valid, ref, truth = _cases(law, n=200, seed=1)
+    fitted = torch.zeros(2, 3)
+    fitted[:, 2] = weight
+
+    def core_mae(weights: torch.Tensor) -> float:
+        log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights, capacity)
+        return float((log_volume[:, 0].expm1() - truth[:, 0]).abs().mean())
+
+    assert core_mae(fitted) < 0.9 * core_mae(torch.zeros(2, 3))
