@@ -65,6 +65,9 @@ def test_training_writes_checkpoints_history_and_affinity(tmp_path, tiny_series)
         assert (np.abs(m) <= 1 + 1e-9).all()
         assert not np.allclose(m, np.eye(3)), "tasks share an encoder: gradients must correlate"
     assert result.affinity_png.read_bytes()[:4] == b"\x89PNG"
+    # its cost is part of the training time, recorded per epoch and in total
+    assert 0 < result.affinity_time_s < result.total_train_time_s
+    assert sum(row["affinity_time_s"] for row in history) == pytest.approx(result.affinity_time_s)
     saved = json.loads((tmp_path / "train_result.json").read_text())
     assert saved["best_epoch"] == result.best_epoch
     predictor = load_predictor(result.checkpoint_dir)
@@ -154,6 +157,7 @@ def test_single_task_model_answers_its_task_and_copies_the_rest(tmp_path, tiny_s
     params = _params("train.epochs=1")
     result = train_model(params, tiny_series, _split(tiny_series), tmp_path, task="progression")
     assert result.tasks == ("progression",) and result.affinity_json is None
+    assert result.affinity_time_s == 0.0
     predictor = load_predictor(result.checkpoint_dir)
     assert predictor.name == "single-progression-copy-last"
     assert predictor.model.tasks == ("progression",)

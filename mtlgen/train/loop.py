@@ -67,6 +67,7 @@ class TrainResult:
     tasks: tuple[str, ...]
     wall_time_s: float  # this call's training time (a resumed run counts its own part)
     total_train_time_s: float  # summed over all runs that built this model
+    affinity_time_s: float  # the part of it spent measuring task affinity (extra backward passes)
     epochs_run: int
     best_epoch: int
     best_val: dict[str, float]
@@ -277,6 +278,7 @@ def train_model(
         "history": [],
         "affinity": [],
         "train_time_s": 0.0,
+        "affinity_time_s": 0.0,
         "stopped": False,
     }
     saved = read_loop(last_dir) if resume else None
@@ -334,6 +336,7 @@ def train_model(
             order = (order * world)[: math.ceil(len(order) / world) * world][rank::world]
         sums = dict.fromkeys(tasks, 0.0)
         cosines: list[np.ndarray] = []
+        affinity_s = 0.0
         steps = math.ceil(len(order) / cfg.batch_size)
         bar = tqdm(
             _batches(train_ds, order, cfg.batch_size),
@@ -351,6 +354,7 @@ def train_model(
             total = sum(terms.values()) + model.penalty().to(device)
             optimizer.zero_grad(set_to_none=True)
             if step < affinity_steps or pc_params:
+                t_grads = time.perf_counter()
                 # each trunk task's loss gradient on the parameters it shares, once per step
                 grads = [
                     _flat_grad(losses[t], pc_params or model.trunk.affinity_parameters(t))
@@ -358,6 +362,8 @@ def train_model(
                 ]
                 if step < affinity_steps:
                     cosines.append(gradient_cosine(grads))
+                if not pc_params:  # under pcgrad the step needs these gradients anyway
+                    affinity_s += time.perf_counter() - t_grads
             if pc_params:
                 # a weighted term's gradient there is lambda_t times its loss's
                 weight_of = dict(zip(weighting.tasks, weighting.weights().detach(), strict=True))
@@ -392,6 +398,7 @@ def train_model(
         val = validate()
         loop["epoch"] = epoch + 1
         loop["train_time_s"] += time.perf_counter() - t_epoch
+        loop["affinity_time_s"] = loop.get("affinity_time_s", 0.0) + affinity_s
         improved = val["val_loss"] < loop["best"] - 1e-6
         if improved:
             loop.update(best=val["val_loss"], best_epoch=epoch + 1, bad_epochs=0, best_val=val)
@@ -406,6 +413,7 @@ def train_model(
             **val,
             "epoch_time_s": time.perf_counter() - t_epoch,
             "train_time_s": loop["train_time_s"],
+            "affinity_time_s": affinity_s,
         }
         loop["history"].append(row)
         if cosines:
@@ -442,6 +450,7 @@ def train_model(
         tasks=tasks,
         wall_time_s=time.perf_counter() - t_start,
         total_train_time_s=loop["train_time_s"],
+        affinity_time_s=loop.get("affinity_time_s", 0.0),
         epochs_run=epochs_done,
         best_epoch=loop["best_epoch"],
         best_val=loop.get("best_val", {}),
