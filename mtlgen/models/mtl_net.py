@@ -11,10 +11,10 @@ careful reader would guess and learns what the data add:
 - ``progression``: the least-squares line of core and whole-lesion volume over the context
   visits read at the target date, moved (in log-volume) towards or away from three other
   extrapolations (log-linear fit, the reference visit's volume, Gompertz growth towards a
-  learned carrying capacity) by six learned weights in (-1, 1), the same for every patient:
-  per-patient weights read from the image features did not transfer to held-out patients
-  (docs/model.md). Training starts them at the training cohort's Gompertz fit
-  (``set_growth_prior``), else at zero (linear extrapolation).
+  carrying capacity fitted on the training patients) by six learned weights in (-1, 1), the
+  same for every patient: per-patient weights read from the image features did not transfer
+  to held-out patients (docs/model.md). Training starts them at the training cohort's
+  Gompertz fit (``set_growth_prior``), else at zero (linear extrapolation).
   It reads no trunk features; the trunk reaches it through the segmentation of context visits
   that have no mask. Status logits are a soft version of the volumetric rule, so status
   cross-entropy trains the volume too.
