@@ -48,11 +48,13 @@ def main() -> None:
     rows = []
     print("seed  capacity (ml)  weight   test cases: linear  exponential  Gompertz  / linear")
     for seed in range(args.seeds):
-        split = make_split(sorted(set(cases.patients)), params.data.val_fraction,
-                           params.data.test_fraction, seed)  # fmt: skip
+        split = make_split(
+            sorted(set(cases.patients)), params.data.val_fraction, params.data.test_fraction, seed
+        )
         train, test = cases.of(split.train), cases.of(split.test)
-        capacity, weight = fit_gompertz(train.volumes, train.years, train.valid, train.ref,
-                                        train.truth)  # fmt: skip
+        capacity, weight = fit_gompertz(
+            train.volumes, train.years, train.valid, train.ref, train.truth
+        )
         gompertz = torch.zeros(2, 3)
         gompertz[:, 2] = weight
         row = (

@@ -181,15 +181,19 @@ def test_gompertz_at_target_continues_a_gompertz_curve_exactly():
     volumes = torch.tensor(_gompertz(16.0, 2.0, 1.5, days[:3]), dtype=torch.float64)
     years = torch.tensor((days[:3] - days[3]) / 365.25)
     forecast = gompertz_at_target(
-        volumes.reshape(1, 3, 1), years[None], torch.ones(1, 3, dtype=torch.bool),
+        volumes.reshape(1, 3, 1),
+        years[None],
+        torch.ones(1, 3, dtype=torch.bool),
         torch.tensor([16.0], dtype=torch.float64),
-    )  # fmt: skip
+    )
     assert float(forecast) == pytest.approx(_gompertz(16.0, 2.0, 1.5, days[3:])[0], rel=1e-9)
     # an empty lesion stays (nearly) empty
     empty = gompertz_at_target(
-        torch.zeros(1, 3, 1), years[None].float(), torch.ones(1, 3, dtype=torch.bool),
+        torch.zeros(1, 3, 1),
+        years[None].float(),
+        torch.ones(1, 3, dtype=torch.bool),
         torch.tensor([16.0]),
-    )  # fmt: skip
+    )
     assert float(empty) < 1e-2
 
 
@@ -205,9 +209,12 @@ def _cases(volume_law, n: int = 30, seed: int = 0):
         truth.append([v[3], 1.5 * v[3]])
     f = torch.float32
     return (
-        torch.tensor(np.array(volumes), dtype=f), torch.tensor(np.array(years), dtype=f),
-        torch.ones(n, 3, dtype=torch.bool), torch.full((n,), 2), torch.tensor(truth, dtype=f),
-    )  # fmt: skip
+        torch.tensor(np.array(volumes), dtype=f),
+        torch.tensor(np.array(years), dtype=f),
+        torch.ones(n, 3, dtype=torch.bool),
+        torch.full((n,), 2),
+        torch.tensor(truth, dtype=f),
+    )
 
 
 def test_fit_gompertz_finds_the_carrying_capacity_of_gompertz_growth():

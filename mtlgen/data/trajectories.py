@@ -74,7 +74,7 @@ def volume_trajectories(series: Sequence[PatientSeries], max_context: int) -> Tr
         return Trajectories(
             (), torch.zeros(0, k, 2), torch.zeros(0, k), torch.zeros(0, k, dtype=torch.bool),
             torch.zeros(0, dtype=torch.int64), torch.zeros(0, 2),
-        )  # fmt: skip
+        )
     return Trajectories(
         tuple(patients),
         torch.stack(volumes),

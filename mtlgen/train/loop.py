@@ -284,7 +284,10 @@ def train_model(
     saved = read_loop(last_dir) if resume else None
     if saved is not None:
         if saved.get("fingerprint") == fingerprint:
-            loop = load_train_state(last_dir, model, optimizer, weighting, device)
+            loop = {
+                "affinity_time_s": 0.0,
+                **load_train_state(last_dir, model, optimizer, weighting, device),
+            }
             log.info("resuming %s from epoch %d", last_dir, loop["epoch"])
         else:
             log.warning("%s was trained with other settings; starting afresh", last_dir)
@@ -398,7 +401,7 @@ def train_model(
         val = validate()
         loop["epoch"] = epoch + 1
         loop["train_time_s"] += time.perf_counter() - t_epoch
-        loop["affinity_time_s"] = loop.get("affinity_time_s", 0.0) + affinity_s
+        loop["affinity_time_s"] += affinity_s
         improved = val["val_loss"] < loop["best"] - 1e-6
         if improved:
             loop.update(best=val["val_loss"], best_epoch=epoch + 1, bad_epochs=0, best_val=val)
@@ -450,7 +453,7 @@ def train_model(
         tasks=tasks,
         wall_time_s=time.perf_counter() - t_start,
         total_train_time_s=loop["train_time_s"],
-        affinity_time_s=loop.get("affinity_time_s", 0.0),
+        affinity_time_s=loop["affinity_time_s"],
         epochs_run=epochs_done,
         best_epoch=loop["best_epoch"],
         best_val=loop.get("best_val", {}),
