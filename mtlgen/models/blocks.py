@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import ResidualUnit
 from torch import nn
 
+HEAD_SLOPE = 0.25  # negative slope of the heads' activation
+
 
 class Encoder(nn.Module):
     """MONAI residual units, each halving the resolution (level 0 is at 1/2 of the input)."""
@@ -66,22 +68,62 @@ def _pointwise(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("oc,nc...->no...", weight, x)
 
 
+def _double(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Linear 2x upsampling along ``axis`` (``align_corners=False``, edges repeated): output 2i
+    is 0.75 x[i] + 0.25 x[i-1], 2i+1 is 0.75 x[i] + 0.25 x[i+1], each written in one pass."""
+    n = x.shape[axis]
+    out = x.new_empty((*x.shape[:axis], n, 2, *x.shape[axis + 1 :]))
+    even, odd = out.select(axis + 1, 0), out.select(axis + 1, 1)
+    inner, left, right = n - 1, x.narrow(axis, 0, n - 1), x.narrow(axis, 1, n - 1)
+    torch.lerp(right, left, 0.25, out=even.narrow(axis, 1, inner))
+    torch.lerp(left, right, 0.25, out=odd.narrow(axis, 0, inner))
+    even.narrow(axis, 0, 1).copy_(x.narrow(axis, 0, 1))
+    odd.narrow(axis, n - 1, 1).copy_(x.narrow(axis, n - 1, 1))
+    return out.flatten(axis, axis + 1)
+
+
+def _double_adjoint(grad: torch.Tensor, axis: int) -> torch.Tensor:
+    """The transpose of ``_double``: the gradient of its input from its output's."""
+    n = grad.shape[axis] // 2
+    pairs = grad.reshape(*grad.shape[:axis], n, 2, *grad.shape[axis + 1 :])
+    even, odd = pairs.select(axis + 1, 0), pairs.select(axis + 1, 1)
+    out = torch.add(even, odd).mul_(0.75)
+    out.narrow(axis, 0, n - 1).add_(even.narrow(axis, 1, n - 1), alpha=0.25)
+    out.narrow(axis, 1, n - 1).add_(odd.narrow(axis, 0, n - 1), alpha=0.25)
+    out.narrow(axis, 0, 1).add_(even.narrow(axis, 0, 1), alpha=0.25)
+    out.narrow(axis, n - 1, 1).add_(odd.narrow(axis, n - 1, 1), alpha=0.25)
+    return out
+
+
+class _LinearDoubling(torch.autograd.Function):
+    """Separable linear 2x upsampling of every spatial axis with its hand-written transpose as
+    the backward pass (autograd over shifted copies would allocate and zero-fill several
+    full-size buffers per axis)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        for axis in reversed(range(2, x.dim())):
+            x = _double(x, axis)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        for axis in range(2, grad.dim()):
+            grad = _double_adjoint(grad, axis)
+        return grad
+
+
 def upsample_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """(Bi/tri)linear upsampling of [N, C, *S] to ``size`` (``align_corners=False``). Exact
-    doubling, the decoder's case, is computed separably: along each axis, output 2i is
-    0.75 x[i] + 0.25 x[i-1] and 2i+1 is 0.75 x[i] + 0.25 x[i+1] (edges repeated), about twice
-    as fast as ``F.interpolate`` forward and backward on a CPU. Other sizes: ``F.interpolate``."""
+    doubling, the decoder's case, is computed separably with a hand-written backward pass
+    (``_LinearDoubling``), about 3x faster than ``F.interpolate`` forward and backward on a
+    CPU. Other sizes: ``F.interpolate``."""
     size = tuple(size)
     if size != tuple(2 * n for n in x.shape[2:]):
         mode = "trilinear" if x.dim() == 5 else "bilinear"
         return F.interpolate(x, size=size, mode=mode, align_corners=False)
-    for axis in reversed(range(2, x.dim())):
-        n = x.shape[axis]
-        quarter = 0.25 * torch.cat([x.narrow(axis, 0, 1), x, x.narrow(axis, n - 1, 1)], axis)
-        centre = 0.75 * x
-        even, odd = centre + quarter.narrow(axis, 0, n), centre + quarter.narrow(axis, 2, n)
-        x = torch.stack([even, odd], dim=axis + 1).flatten(axis, axis + 1)
-    return x
+    return _LinearDoubling.apply(x.contiguous())
 
 
 class PointwiseHead(nn.Module):
@@ -91,7 +133,8 @@ class PointwiseHead(nn.Module):
     Layer 1 is a 1x1 convolution of [upsampled features, extras]; it is computed as the
     features' projection *before* trilinear upsampling (exact: upsampling is linear with
     weights summing to one) plus one projection per extra input, so no full-resolution
-    concatenation is built. Then instance norm, PReLU and a 1x1 output layer. 1x1 layers
+    concatenation is built. Then instance norm, a leaky ReLU (slope 0.25: PReLU's start, fixed,
+    since a learned slope's backward pass costs 4x the layer's) and a 1x1 output layer. 1x1 layers
     only: full-resolution 3x3 convolutions would cost most of a CPU step, and the decoder
     features already carry the spatial context.
     """
@@ -110,7 +153,6 @@ class PointwiseHead(nn.Module):
         self.extras = nn.ParameterList(
             nn.Parameter(torch.empty(channels, c).uniform_(-bound, bound)) for c in extra_channels
         )
-        self.act = nn.PReLU()
         self.out = nn.Parameter(
             torch.empty(out_channels, channels).uniform_(-1 / channels**0.5, 1 / channels**0.5)
         )
@@ -122,7 +164,7 @@ class PointwiseHead(nn.Module):
         x = upsample_linear(self.features(features).contiguous(), size)
         for weight, extra in zip(self.extras, extras, strict=True):
             x = x + _pointwise(weight.to(x.dtype), extra.to(x.dtype))
-        x = self.act(F.instance_norm(x))
+        x = F.leaky_relu(F.instance_norm(x), HEAD_SLOPE)
         bias = self.out_bias.reshape(-1, *([1] * (x.dim() - 2))).to(x.dtype)
         return _pointwise(self.out.to(x.dtype), x) + bias
 
