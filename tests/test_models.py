@@ -14,7 +14,7 @@ from torch.utils.data import default_collate
 from mtlgen.config import DataConfig
 from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
 from mtlgen.data.series import load_visit
-from mtlgen.models.blocks import PointwiseHead, upsample_linear
+from mtlgen.models.blocks import HEAD_SLOPE, PointwiseHead, upsample_linear
 from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, class_labels, reference_image
 from mtlgen.models.predictor import load_predictor
@@ -41,7 +41,14 @@ def _net(sharing="hard", tasks=TASKS, **kw) -> MultiTaskNet:
 def test_every_sharing_strategy_trains_every_head(sharing, batch):
     net = _net(sharing)
     out = net(batch)
-    assert out["seg_logits"].shape == (2, 3, 3, 16, 16, 16)
+    decoded = int(out["seg_decoded"].sum())
+    assert out["seg_decoded"].shape == (2, 3) and out["seg_logits"].shape == (
+        decoded,
+        3,
+        16,
+        16,
+        16,
+    )
     assert out["future_logits"].shape == (2, 3, 16, 16, 16)
     assert out["image"].shape == (2, 2, 16, 16, 16)
     assert out["log_volume"].shape == (2, 2) and out["status_logits"].shape == (2, 3)
@@ -183,7 +190,8 @@ def test_pointwise_head_equals_one_layer_over_the_upsampled_features_and_extras(
     inputs = torch.cat([fine, probs, constant.expand(-1, -1, *size)], dim=1)
     weight = torch.cat([head.features.weight.flatten(1), *head.extras], dim=1)  # [4, 4 + 3 + 1]
     layer1 = torch.einsum("oc,nc...->no...", weight, inputs)
-    expected = torch.einsum("oc,nc...->no...", head.out, head.act(F.instance_norm(layer1)))
+    hidden = F.leaky_relu(F.instance_norm(layer1), HEAD_SLOPE)
+    expected = torch.einsum("oc,nc...->no...", head.out, hidden)
     expected = expected + head.out_bias.reshape(-1, *([1] * dims))
     out = head(features, [probs, constant], size)
     assert out.shape == (2, 2, *size)
@@ -194,8 +202,9 @@ def test_pointwise_head_equals_one_layer_over_the_upsampled_features_and_extras(
 def test_upsample_linear_equals_interpolate_with_its_gradient(dims):
     mode = "trilinear" if dims == 3 else "bilinear"
     for coarse, size in (
-        ((5, 6, 4)[:dims], (10, 12, 8)[:dims]),
-        ((5, 6, 4)[:dims], (9, 7, 8)[:dims]),
+        ((5, 6, 4)[:dims], (10, 12, 8)[:dims]),  # doubling: the hand-written backward pass
+        ((1, 6, 2)[:dims], (2, 12, 4)[:dims]),  # doubling of a single voxel's axis
+        ((5, 6, 4)[:dims], (9, 7, 8)[:dims]),  # other sizes: F.interpolate
     ):
         x = torch.randn(2, 3, *coarse, requires_grad=True)
         ours = upsample_linear(x, size)
@@ -205,6 +214,8 @@ def test_upsample_linear_equals_interpolate_with_its_gradient(dims):
         (grad_ours,) = torch.autograd.grad(ours, x, g)
         (grad_theirs,) = torch.autograd.grad(theirs, x, g)
         assert torch.allclose(grad_ours, grad_theirs, atol=1e-5)
+    x = torch.randn(2, 2, *(3, 4, 2)[:dims], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: upsample_linear(t, [2 * n for n in t.shape[2:]]), x)
 
 
 def test_reference_image_takes_the_latest_visit_that_has_the_contrast():

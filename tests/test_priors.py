@@ -40,12 +40,15 @@ def test_nearest_given_mask_takes_the_closest_other_labelled_visit():
     onehot = F.one_hot(masks, 3).movedim(-1, 2).float()  # [1, 3 visits, 3 classes, 4]
     years = torch.tensor([[-2.0, -1.5, 0.0]])
     given = torch.tensor([[True, False, True]])
-    prior = nearest_given_mask(onehot, years, given)
+    every = torch.ones(1, 3, dtype=torch.bool)
+    prior = nearest_given_mask(onehot, years, given, every)  # [3 visits, 3 channels, 4]
     # slot 1 (hidden) is nearest to slot 0 (label 0: no lesion), slot 0 sees slot 2 (edema)
-    assert prior[0, 1].amax(dim=-1).tolist() == [0.0, 0.0, 1.0]
-    assert prior[0, 0].amax(dim=-1).tolist() == [0.0, 1.0, 1.0]  # edema: lesion, not core
-    alone = nearest_given_mask(onehot, years, torch.tensor([[False, True, False]]))
-    assert alone[0, 1].abs().sum() == 0  # no other visit has a mask
+    assert prior[1].amax(dim=-1).tolist() == [0.0, 0.0, 1.0]
+    assert prior[0].amax(dim=-1).tolist() == [0.0, 1.0, 1.0]  # edema: lesion, not core
+    only = nearest_given_mask(onehot, years, given, torch.tensor([[False, True, False]]))
+    assert torch.equal(only, prior[1:2])  # the selected visits only
+    alone = nearest_given_mask(onehot, years, torch.tensor([[False, True, False]]), every)
+    assert alone[1].abs().sum() == 0  # no other visit has a mask
 
 
 def test_dilate_is_a_box_dilation():

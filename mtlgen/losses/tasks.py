@@ -53,9 +53,10 @@ def task_losses(
     """Unweighted loss of every task in ``tasks`` (scalars)."""
     losses: dict[str, torch.Tensor] = {}
     if "seg" in tasks:  # the visits the network segmented (mask hidden from its input)
-        keep = out["seg_decoded"] & batch["mask_present"]
+        decoded = out["seg_decoded"]
+        keep = batch["mask_present"][decoded]  # of those, the ones with a true mask
         losses["seg"] = (
-            mask_loss(out["seg_logits"][keep], batch["masks"][keep])
+            mask_loss(out["seg_logits"][keep], batch["masks"][decoded][keep])
             if keep.any()
             else out["seg_logits"].new_zeros(())
         )

@@ -227,24 +227,28 @@ class MultiTaskNet(nn.Module):
 
         # context lesion maps for the other heads: every mask the data has (hidden ones too: the
         # heads learn from true structure, as at prediction time), else the segmentation
-        known = (batch["mask_present"] & valid).float().reshape(b, k, 1, *ones)
-        probs = onehot * known
+        known = batch["mask_present"] & valid
+        probs = onehot * known.float().reshape(b, k, 1, *ones)
         if "seg" in self.tasks:  # decode the visits whose mask is not given
             hidden = (valid & ~given).flatten()
-            full = images.new_zeros(b * k, 3, *spatial)
+            decoded = images.new_zeros(0, 3, *spatial)
             if hidden.any():
                 f = [v[hidden] for v in feats["seg"].visits]
-                prior = nearest_given_mask(onehot, years, given).flatten(0, 1)[hidden]
+                prior = nearest_given_mask(onehot, years, given, hidden.reshape(b, k))
                 decoded = self.seg_head(self.seg_decoder(f[-1], f[:-1]), [prior], spatial)
                 has_prior = prior[:, 2:3]
                 decoded = decoded + self.seg_prior_weight * has_prior * mask_logits(
                     prior_probs(prior)
                 )
-                full = full.index_put((hidden.nonzero()[:, 0],), decoded.to(full.dtype))
-            logits = full.reshape(b, k, 3, *spatial)
-            out["seg_logits"], out["seg_decoded"] = logits, hidden.reshape(b, k)
-            probs = torch.where(known.bool(), probs, logits.softmax(dim=2).float())
-            probs = probs * valid.reshape(b, k, 1, *ones)
+                # the segmentation stands in only where the data have no mask: only there do
+                # the other heads' losses reach it (and the full-size maps need a gradient)
+                unknown = ~known.flatten()[hidden]
+                if unknown.any():
+                    rows = hidden.nonzero()[:, 0][unknown]
+                    seg_probs = decoded[unknown].softmax(dim=1).float()
+                    probs = probs.flatten(0, 1).index_put((rows,), seg_probs).view_as(probs)
+            # logits of the decoded visits only, in [B, K] order: [n decoded, 3, *S]
+            out["seg_logits"], out["seg_decoded"] = decoded, hidden.reshape(b, k)
         ref_probs = _gather(probs, ref)
         vox = batch["voxel_ml"].reshape(b, 1)
         core = probs[:, :, 1].flatten(2).sum(-1) * vox

@@ -150,24 +150,25 @@ def fit_gompertz(
 
 
 def nearest_given_mask(
-    onehot: torch.Tensor, years: torch.Tensor, given: torch.Tensor
+    onehot: torch.Tensor, years: torch.Tensor, given: torch.Tensor, select: torch.Tensor
 ) -> torch.Tensor:
-    """Per context visit, [core, whole lesion, has-prior] maps from the given mask of the
-    nearest *other* visit in time (zeros where no other visit has one).
+    """For each selected context visit, [core, whole lesion, has-prior] maps from the given mask
+    of the nearest *other* visit in time (zeros where no other visit has one).
 
-    onehot [B, K, 3, *S], years [B, K], given [B, K] -> [B, K, 3, *S].
+    onehot [B, K, 3, *S], years [B, K], given and select [B, K] -> [n selected, 3, *S], in
+    [B, K] order.
     """
-    b, k = years.shape
+    k = years.shape[1]
     dist = (years[:, :, None] - years[:, None, :]).abs()
     eye = torch.eye(k, dtype=torch.bool, device=years.device)
     dist = dist.masked_fill(~given[:, None, :] | eye, float("inf"))
-    nearest = dist.argmin(dim=2)  # [B, K]
-    has = torch.isfinite(dist.min(dim=2).values).to(onehot.dtype)
-    prior = onehot[torch.arange(b, device=years.device)[:, None], nearest]  # [B, K, 3, *S]
-    ones = (1,) * (onehot.dim() - 3)
-    flag = has.reshape(b, k, 1, *ones)
-    core, lesion = prior[:, :, 1:2], prior[:, :, 1:2] + prior[:, :, 2:3]
-    return torch.cat([core, lesion, torch.ones_like(core)], dim=2) * flag
+    rows, slots = select.nonzero(as_tuple=True)
+    nearest = dist.argmin(dim=2)[rows, slots]
+    has = torch.isfinite(dist.min(dim=2).values[rows, slots]).to(onehot.dtype)
+    prior = onehot[rows, nearest]  # [n, 3, *S]
+    flag = has.reshape(-1, 1, *([1] * (onehot.dim() - 3)))
+    core, lesion = prior[:, 1:2], prior[:, 1:2] + prior[:, 2:3]
+    return torch.cat([core, lesion, torch.ones_like(core)], dim=1) * flag
 
 
 def mask_logits(probs: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
@@ -257,6 +258,33 @@ def _top(score: torch.Tensor, count: int) -> torch.Tensor:
     return flat.reshape(score.shape)
 
 
+def _max_outside(x: torch.Tensor, box: tuple[slice, ...]) -> float:
+    """Largest entry of ``x`` outside ``box`` (-inf if the box covers it all), read from the
+    slabs around the box: no copy of ``x``."""
+    best = -math.inf
+    for axis, cut in enumerate(box):  # inside the box on the axes before, outside on this one
+        for part in (slice(0, cut.start), slice(cut.stop, None)):
+            slab = x[(*box[:axis], part)]
+            if slab.numel():
+                best = max(best, float(slab.max()))
+    return best
+
+
+def _sized(
+    scores: torch.Tensor, count: int, outside: float, forced: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The ``count`` top voxels of ``scores`` (a crop; ``forced`` ones first), or None unless
+    they are also the top of the whole map, whose voxels outside the crop score <= ``outside``."""
+    if count > scores.numel():
+        return None
+    if forced is not None:
+        scores = scores.masked_fill(forced, math.inf)
+    top = _top(scores, count)
+    if count and float(scores[top].min()) < outside:
+        return None
+    return top
+
+
 def sized_label(
     probs: torch.Tensor,
     volumes_ml: torch.Tensor,
@@ -272,21 +300,37 @@ def sized_label(
     reference mask smoothed by a Gaussian of ``sigma_vox``, cut at 2 sigma), then by
     probability: a growing lesion keeps its shape and grows at its border, a shrinking one
     keeps its most likely part. The top round(core / voxel) voxels become core, the next ones
-    up to the whole-lesion volume edema. No gradient. -> [B, *S] int64."""
+    up to the whole-lesion volume edema. Ranked within the reference lesion's box grown by the
+    Gaussian's reach when that is exact (the box's chosen voxels outrank every voxel outside
+    it, which scores its probability only), else over the whole map. No gradient.
+    -> [B, *S] int64."""
     probs = probs.detach().float()
-    masks = torch.stack([reference == 1, reference > 0], dim=1).float()  # [B, 2, *S]
-    scores = torch.stack([probs[:, 1], probs[:, 1] + probs[:, 2]], dim=1) + 2.0 * masks
     radius, sigma = math.ceil(2 * sigma_vox), torch.tensor(sigma_vox)
     label = torch.zeros_like(reference, dtype=torch.int64)
     for i in range(len(probs)):
-        crop = bounding_box(reference[i] > 0, radius)  # the blur reaches no further
-        if crop is not None:
-            window = (slice(None), *crop)
-            scores[i][window] += gaussian_blur(masks[i][window][None], sigma, radius)[0]
         core_n = round(float(volumes_ml[i, 0]) / float(voxel_ml[i]))
         lesion_n = round(float(volumes_ml[i].max()) / float(voxel_ml[i]))
-        core = _top(scores[i, 0], core_n)
-        lesion = _top(scores[i, 1].masked_fill(core, math.inf), lesion_n)
+        crop = bounding_box(reference[i] > 0, radius)  # the Gaussian reaches no further
+        window = crop or tuple(slice(None) for _ in reference[i].shape)
+        ref = reference[i][window]
+        masks = torch.stack([ref == 1, ref > 0]).float()  # [2, *crop]
+        p_core = probs[i, 1]
+        p_lesion = probs[i, 1] + probs[i, 2]
+        scores = torch.stack([p_core[window], p_lesion[window]]) + 2.0 * masks
+        if crop is not None:
+            scores += gaussian_blur(masks[None], sigma, radius)[0]
+        out_core = _max_outside(p_core, crop) if crop else -math.inf
+        out_lesion = _max_outside(p_lesion, crop) if crop else -math.inf
+        core = _sized(scores[0], core_n, out_core)
+        lesion = None if core is None else _sized(scores[1], lesion_n, out_lesion, core)
+        if core is not None and lesion is not None:
+            label[i][window] = 2 * lesion.long() - core.long()
+            continue
+        # the chosen voxels reach beyond the box: rank the whole map
+        full_scores = torch.stack([p_core, p_lesion])
+        full_scores[(slice(None), *window)] = scores
+        core = _top(full_scores[0], core_n)
+        lesion = _top(full_scores[1].masked_fill(core, math.inf), lesion_n)
         label[i] = 2 * lesion.long() - core.long()
     return label
 
@@ -306,8 +350,11 @@ def stable_tissue_mean(
     -> [B, C, *S]."""
     b, k = valid.shape
     ones = (1,) * (images.dim() - 3)
-    agree = (probs * ref_probs[:, None]).sum(dim=2, keepdim=True)  # [B, K, 1, *S]
-    weight = agree * (present * valid[..., None]).to(images.dtype).reshape(b, k, -1, *ones)
+    agree = probs[:, :, 0] * ref_probs[:, None, 0]  # [B, K, *S]: sum over the classes
+    for c in range(1, probs.shape[2]):
+        agree.addcmul_(probs[:, :, c], ref_probs[:, None, c])
+    seen = (present * valid[..., None]).to(images.dtype).reshape(b, k, -1, *ones)
+    weight = agree[:, :, None] * seen
     total = weight.sum(dim=1)
-    mean = (weight * images).sum(dim=1) / total.clamp_min(1e-6)
+    mean = (weight * images).sum(dim=1).div_(total.clamp_min(1e-6))
     return torch.where(total > 1e-3, mean, fallback)
