@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -258,6 +260,49 @@ def test_sized_label_grows_and_shrinks_a_lesion_from_its_reference_shape():
     ring = torch.nonzero((grown == 1) & (reference[0] == 0))
     assert ring.min() >= 2 and ring.max() <= 6  # grows at its border
     assert int((shrunk == 1).sum()) == 10 and bool((reference[1][shrunk == 1] == 1).all())
+
+
+def _ranked_over_the_whole_map(probs, volumes, vox, reference, sigma=1.5):
+    """sized_label's rule, written out plainly: every voxel's score, then the top counts."""
+    masks = torch.stack([reference == 1, reference > 0], dim=1).float()
+    near = gaussian_blur(masks, torch.tensor(sigma), radius=3)  # cut at 2 sigma
+    scores = torch.stack([probs[:, 1], probs[:, 1] + probs[:, 2]], dim=1) + 2 * masks + near
+    label = torch.zeros_like(reference)
+    for i in range(len(probs)):
+        core_n, lesion_n = (round(float(v) / float(vox[i])) for v in volumes[i])
+        core = torch.zeros(scores[i, 0].numel(), dtype=torch.bool)
+        core[scores[i, 0].flatten().topk(core_n).indices] = True
+        lesion = torch.zeros_like(core)
+        lesion_scores = scores[i, 1].flatten().masked_fill(core, math.inf)
+        lesion[lesion_scores.topk(max(lesion_n, core_n)).indices] = True
+        label[i] = (2 * lesion.long() - core.long()).reshape(reference[i].shape)
+    return label
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_sized_label_ranks_in_the_lesion_box_as_over_the_whole_map(trial):
+    gen = torch.Generator().manual_seed(trial)
+    shape = (20, 24, 22)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"))
+    reference = torch.zeros(2, *shape, dtype=torch.int64)
+    for i in range(2 - (trial % 4 == 0)):  # every 4th trial: a case without a lesion
+        centre = torch.tensor([6 + int(torch.randint(n - 12, (), generator=gen)) for n in shape])
+        dist = (grid - centre.reshape(3, 1, 1, 1)).float().norm(dim=0)
+        radius = 2 + int(torch.randint(3, (), generator=gen))
+        reference[i][dist < radius + 1.5] = 2
+        reference[i][dist < radius] = 1
+    logits = torch.randn(2, 3, *shape, generator=gen) * (1 + trial % 3)
+    logits[:, 1] += 3.0 * (reference == 1)
+    logits[:, 2] += 3.0 * (reference == 2)
+    if trial % 3 == 0:  # confident voxels far from the lesion: the box is not enough
+        logits[:, 1:, :3] += 8.0
+    probs = logits.softmax(dim=1)
+    vox = torch.tensor([0.027, 0.027])
+    sizes = torch.stack([(reference == 1).sum((1, 2, 3)), (reference > 0).sum((1, 2, 3))], 1)
+    growth = torch.empty(2, 1).uniform_(0.2, 4.0, generator=gen)  # shrink to 0.2x, grow to 4x
+    volumes = (sizes * growth + torch.rand(2, 2, generator=gen) * 8).round() * 0.027
+    expected = _ranked_over_the_whole_map(probs, volumes, vox, reference)
+    assert torch.equal(sized_label(probs, volumes, vox, reference), expected)
 
 
 @pytest.mark.parametrize(
