@@ -270,19 +270,18 @@ def _max_outside(x: torch.Tensor, box: tuple[slice, ...]) -> float:
     return best
 
 
-def _sized(
-    scores: torch.Tensor, count: int, outside: float, forced: torch.Tensor | None = None
-) -> torch.Tensor | None:
-    """The ``count`` top voxels of ``scores`` (a crop; ``forced`` ones first), or None unless
-    they are also the top of the whole map, whose voxels outside the crop score <= ``outside``."""
-    if count > scores.numel():
-        return None
-    if forced is not None:
-        scores = scores.masked_fill(forced, math.inf)
-    top = _top(scores, count)
-    if count and float(scores[top].min()) < outside:
-        return None
-    return top
+def _ranked(scores: torch.Tensor, core_n: int, lesion_n: int) -> tuple[torch.Tensor, float, float]:
+    """Labels (0 bg, 1 core, 2 edema) of ``scores`` [2, *S] (core, whole lesion): the top
+    ``core_n`` of the core scores become core, the next lesion scores up to ``lesion_n``
+    voxels edema; with the lowest score each of the two chose (inf if none)."""
+    core = _top(scores[0], core_n)
+    lesion = _top(scores[1].masked_fill(core, math.inf), lesion_n)
+    edema = lesion & ~core
+
+    def lowest(x: torch.Tensor, chosen: torch.Tensor) -> float:
+        return float(x[chosen].min()) if chosen.any() else math.inf
+
+    return 2 * lesion.long() - core.long(), lowest(scores[0], core), lowest(scores[1], edema)
 
 
 def sized_label(
@@ -310,28 +309,27 @@ def sized_label(
     for i in range(len(probs)):
         core_n = round(float(volumes_ml[i, 0]) / float(voxel_ml[i]))
         lesion_n = round(float(volumes_ml[i].max()) / float(voxel_ml[i]))
+        p_core, p_lesion = probs[i, 1], probs[i, 1] + probs[i, 2]
         crop = bounding_box(reference[i] > 0, radius)  # the Gaussian reaches no further
-        window = crop or tuple(slice(None) for _ in reference[i].shape)
-        ref = reference[i][window]
+        if crop is None:  # no reference lesion: the probabilities alone rank
+            label[i] = _ranked(torch.stack([p_core, p_lesion]), core_n, lesion_n)[0]
+            continue
+        ref = reference[i][crop]
         masks = torch.stack([ref == 1, ref > 0]).float()  # [2, *crop]
-        p_core = probs[i, 1]
-        p_lesion = probs[i, 1] + probs[i, 2]
-        scores = torch.stack([p_core[window], p_lesion[window]]) + 2.0 * masks
-        if crop is not None:
-            scores += gaussian_blur(masks[None], sigma, radius)[0]
-        out_core = _max_outside(p_core, crop) if crop else -math.inf
-        out_lesion = _max_outside(p_lesion, crop) if crop else -math.inf
-        core = _sized(scores[0], core_n, out_core)
-        lesion = None if core is None else _sized(scores[1], lesion_n, out_lesion, core)
-        if core is not None and lesion is not None:
-            label[i][window] = 2 * lesion.long() - core.long()
+        scores = torch.stack([p_core[crop], p_lesion[crop]]) + 2.0 * masks
+        scores += gaussian_blur(masks[None], sigma, radius)[0]
+        inside, core_low, edema_low = _ranked(scores, core_n, lesion_n)
+        if (
+            lesion_n <= inside.numel()
+            and core_low >= _max_outside(p_core, crop)
+            and edema_low >= _max_outside(p_lesion, crop)
+        ):
+            label[i][crop] = inside
             continue
         # the chosen voxels reach beyond the box: rank the whole map
-        full_scores = torch.stack([p_core, p_lesion])
-        full_scores[(slice(None), *window)] = scores
-        core = _top(full_scores[0], core_n)
-        lesion = _top(full_scores[1].masked_fill(core, math.inf), lesion_n)
-        label[i] = 2 * lesion.long() - core.long()
+        whole = torch.stack([p_core, p_lesion])
+        whole[(slice(None), *crop)] = scores
+        label[i] = _ranked(whole, core_n, lesion_n)[0]
     return label
 
 
