@@ -8,7 +8,8 @@ measured in this run:
 - MTL vs baselines: future-mask Dice vs copy-last, volume MAE vs the better extrapolation,
   image MAE in the changing region / copy-last's;
 - the same image and Dice ratios per seed on the future cases grouped by true progression
-  status (on a lesion that did not change, the changing region is its boundary voxels only);
+  status (on a lesion that did not change, the changing region is its boundary voxels only)
+  and by number of context visits (one visit has no trajectory to extrapolate);
 - MTL vs each single-task model on that task's own metric (mean +- std over seeds);
 - MTL training time / sum of the single-task training times, in total and per epoch (apart from
   how many epochs early stopping let each model run), with the epochs each model ran.
@@ -93,32 +94,36 @@ def _lane(args: tuple) -> dict:
         "runs": runs,
         "results": evaluation.metrics["results"],
         "by_status": evaluation.metrics["by_status"],
+        "by_context": evaluation.metrics["by_context"],
     }
 
 
-def _by_status_ratios(lanes: list[dict]) -> dict:
-    """Future cases grouped by true status: per seed, MTL / copy-last of the changing-region
-    image MAE and of the lesion Dice; printed, and returned as {status: {metric: [per seed]}}."""
-    print("future cases by true status (MTL / copy-last per seed; cases per seed):")
+def _group_ratios(lanes: list[dict], key: str, title: str) -> dict:
+    """Future cases grouped by ``key`` (``by_status``: true status; ``by_context``: number of
+    context visits): per seed, MTL / copy-last of the changing-region image MAE and of the lesion
+    Dice; printed, and returned as {group: {metric: [per seed]}}."""
+    print(f"future cases by {title} (MTL / copy-last per seed; cases per seed):")
     ratios: dict = {}
-    for status in STATUSES:
+    found = {g for lane in lanes for b in lane[key].values() for g in b.get("future", {})}
+    order = [s for s in STATUSES if s in found] if key == "by_status" else sorted(found)
+    for group in order:
         for lane in lanes:
-            seed, groups = lane["seed"], lane["by_status"]
-            mtl = groups.get(f"mtl_seed{seed}", {}).get("future", {}).get(status)
-            copy = groups.get(f"copy_last_seed{seed}", {}).get("future", {}).get(status)
+            seed, groups = lane["seed"], lane[key]
+            mtl = groups.get(f"mtl_seed{seed}", {}).get("future", {}).get(group)
+            copy = groups.get(f"copy_last_seed{seed}", {}).get("future", {}).get(group)
             if not (mtl and copy):
                 continue
             entry = ratios.setdefault(
-                status, {"cases": [], "image_mae_change": [], "dice_lesion": []}
+                group, {"cases": [], "image_mae_change": [], "dice_lesion": []}
             )
-            entry["cases"].append(mtl["status_accuracy"]["n"])
+            entry["cases"].append(mtl["dice_lesion"]["n"])
             for metric in ("image_mae_change", "dice_lesion"):
                 a, b = mtl[metric]["mean"], copy[metric]["mean"]
                 entry[metric].append(a / b if a is not None and b else float("nan"))
-        if status in ratios:
-            entry = ratios[status]
+        if group in ratios:
+            entry = ratios[group]
             print(
-                f"  {status:>11}: cases {entry['cases']}, image "
+                f"  {group:>11}: cases {entry['cases']}, image "
                 + " ".join(f"{r:.3f}" for r in entry["image_mae_change"])
                 + ", Dice "
                 + " ".join(f"{r:.3f}" for r in entry["dice_lesion"])
@@ -300,7 +305,8 @@ def run_bench(params, series, splits: list, tasks, out: Path, lanes: int, thread
             )
         )
         print(f"  seed {seed}: " + "  ".join(f"{r:.3f}" for r in ratios))
-    checks["by_status"] = _by_status_ratios(lanes)
+    checks["by_status"] = _group_ratios(lanes, "by_status", "true status")
+    checks["by_context"] = _group_ratios(lanes, "by_context", "context visits")
     for task in tasks:
         kind, metric, direction = OWN_METRIC[task]
         mtl = _mean_std(seeds_of("mtl", kind, metric))

@@ -106,7 +106,7 @@ def evaluation(aligned_series, tmp_path_factory):
 def test_metrics_json_has_stable_keys(evaluation):
     _, out, chosen, cfg = evaluation
     on_disk = json.loads((out / "metrics.json").read_text())
-    assert set(on_disk) == {"meta", "results", "seed_groups", "by_status"}
+    assert set(on_disk) == {"meta", "results", "seed_groups", "by_status", "by_context"}
     assert on_disk["seed_groups"] == {}  # no predictor named <group>_seed<N>
     assert set(on_disk["results"]) == {"copy_last", "linear", "exponential", "oracle"}
     for block in on_disk["results"].values():  # none of these segments: no "current" cases
@@ -212,6 +212,23 @@ def test_by_status_groups_partition_the_cases_by_true_status(evaluation):
     assert all(block["status_accuracy"]["mean"] == 1.0 for block in oracle.values())
 
 
+def test_by_context_groups_partition_the_cases_by_number_of_context_visits(evaluation):
+    result, *_ = evaluation
+    rows = [r for r in result.rows if r["predictor"] == "copy_last" and r["kind"] == "future"]
+    groups = result.metrics["by_context"]["copy_last"]["future"]
+    assert set(groups) == {"1", "2"}  # MAX_CONTEXT visits or fewer
+    assert sum(g["dice_lesion"]["n"] for g in groups.values()) == len(rows)
+    for n, block in groups.items():
+        mine = [r for r in rows if r["context_visits"] == int(n)]
+        assert block["dice_lesion"]["mean"] == pytest.approx(
+            np.mean([r["dice_lesion"] for r in mine])
+        )
+    # one visit has no trajectory: linear extrapolation answers its volume, as copy-last does
+    linear = result.metrics["by_context"]["linear"]["future"]
+    assert linear["1"]["volume_abs_error_ml"] == groups["1"]["volume_abs_error_ml"]
+    assert linear["2"]["volume_abs_error_ml"] != groups["2"]["volume_abs_error_ml"]
+
+
 def test_report_is_written(evaluation):
     _, out, *_ = evaluation
     summary = (out / "summary.md").read_text()
@@ -219,6 +236,7 @@ def test_report_is_written(evaluation):
     assert "## Primary metrics: models against baselines" in summary
     assert "## future, by true progression status" in summary
     assert "| stable (" in summary
+    assert "## future, by context visits" in summary
     for png in ("summary.png", "montage.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

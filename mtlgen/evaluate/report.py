@@ -67,7 +67,8 @@ def summary_markdown(metrics: dict) -> str:
             ]
             arrow = "↑" if direction == "max" else "↓"
             lines.append(f"| {metric} {arrow} | " + " | ".join(cells) + " |")
-    lines += _by_status_tables(metrics)
+    lines += _group_tables(metrics, "by_status", "true progression status")
+    lines += _group_tables(metrics, "by_context", "context visits")
     groups = metrics.get("seed_groups", {})
     for kind in KINDS:
         present = [g for g in groups if kind in groups[g]]
@@ -118,35 +119,37 @@ def summary_markdown(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# the metrics that read differently on a lesion that changed and on one that did not
-BY_STATUS_METRICS = ("dice_lesion", "volume_abs_error_ml", "image_mae_change", "status_accuracy")
+# the metrics that read differently on a lesion that changed and on one that did not, and on a
+# forecast from one visit and from a trajectory
+GROUP_METRICS = ("dice_lesion", "volume_abs_error_ml", "image_mae_change", "status_accuracy")
 
 
-def _by_status_tables(metrics: dict) -> list[str]:
-    """Per case kind, the key metrics per true progression status (metrics.json ``by_status``)."""
-    by_status, names = metrics.get("by_status", {}), metrics["meta"]["predictors"]
+def _group_tables(metrics: dict, key: str, title: str) -> list[str]:
+    """Per case kind, the key metrics per case group of metrics.json ``key`` (``by_status``:
+    true progression status; ``by_context``: number of context visits)."""
+    by_group, names = metrics.get(key, {}), metrics["meta"]["predictors"]
     lines: list[str] = []
     for kind in KINDS:
-        statuses = [
-            s for s in STATUSES if any(s in by_status.get(n, {}).get(kind, {}) for n in names)
-        ]
-        if not statuses:
+        groups = list(dict.fromkeys(g for n in names for g in by_group.get(n, {}).get(kind, {})))
+        if key == "by_status":
+            groups = [s for s in STATUSES if s in groups]
+        if not groups:
             continue
         lines += [
             "",
-            f"## {kind}, by true progression status",
+            f"## {kind}, by {title}",
             "",
-            "| status (cases) | metric | " + " | ".join(names) + " |",
+            f"| {title} (cases) | metric | " + " | ".join(names) + " |",
             "|---" * (len(names) + 2) + "|",
         ]
-        for status in statuses:
-            blocks = {n: by_status.get(n, {}).get(kind, {}).get(status, {}) for n in names}
-            n_cases = max((b["status_accuracy"]["n"] for b in blocks.values() if b), default=0)
-            for metric in BY_STATUS_METRICS:
+        for group in groups:
+            blocks = {n: by_group.get(n, {}).get(kind, {}).get(group, {}) for n in names}
+            n_cases = max((e["n"] for b in blocks.values() for e in b.values()), default=0)
+            for metric in GROUP_METRICS:
                 arrow = "↑" if METRICS[metric] == "max" else "↓"
                 cells = [_cell(blocks[n].get(metric)) for n in names]
                 lines.append(
-                    f"| {status} ({n_cases}) | {metric} {arrow} | " + " | ".join(cells) + " |"
+                    f"| {group} ({n_cases}) | {metric} {arrow} | " + " | ".join(cells) + " |"
                 )
     return lines
 

@@ -3,7 +3,8 @@
 Cases come from ``mtlgen.data.samples.enumerate_samples`` (future and reconstruction targets).
 Truth that does not depend on the predictor (brain and changing regions, true volume and status)
 is computed once per case. Outputs in ``out_dir``: ``metrics.json`` (per predictor, per case
-kind, per metric: mean, std, n; the same per true progression status under ``by_status``),
+kind, per metric: mean, std, n; the same per true progression status under ``by_status`` and
+per number of context visits under ``by_context``),
 ``cases.tsv`` (one row per case and predictor) and the report
 (``summary.md``, ``summary.png``, ``montage.png``; see ``mtlgen.evaluate.report``).
 """
@@ -301,6 +302,7 @@ def evaluate_predictors(
                         "patient": truth.patient,
                         "kind": truth.kind,
                         "target_days": truth.target.days,
+                        "context_visits": len(truth.context),
                         "predictor": predictor.name,
                         "status_true": truth.status,
                         "status_pred": pred.status,
@@ -329,6 +331,7 @@ def evaluate_predictors(
         },
         "results": aggregate(rows, names),
         "by_status": aggregate_by_status(rows, names),
+        "by_context": aggregate_by_context(rows, names),
     }
     metrics["seed_groups"] = seed_groups(metrics["results"])
     return Evaluation(metrics, rows, montage)
@@ -367,6 +370,19 @@ def aggregate_by_status(rows: Sequence[dict], names: Sequence[str]) -> dict:
             for kind, block in kinds.items():
                 del block["status_macro_f1"]
                 results.setdefault(name, {}).setdefault(kind, {})[status] = block
+    return results
+
+
+def aggregate_by_context(rows: Sequence[dict], names: Sequence[str]) -> dict:
+    """``{predictor: {kind: {n: {metric: {mean, std, n}}}}}``: ``aggregate`` over the cases with
+    ``n`` context visits (a string key). A forecast from a single visit has no trajectory to
+    extrapolate; from two or more it has: the two read differently."""
+    results: dict = {}
+    for n in sorted({r["context_visits"] for r in rows}):
+        group = aggregate([r for r in rows if r["context_visits"] == n], names)
+        for name, kinds in group.items():
+            for kind, block in kinds.items():
+                results.setdefault(name, {}).setdefault(kind, {})[str(n)] = block
     return results
 
 
