@@ -11,10 +11,15 @@ evaluation's own changing-region image MAE (``mtlgen.evaluate.run.case_metrics``
 is the part no label can explain: scan noise, the follow-up's own intensity drift, tissue moved
 by mass effect and atrophy, and partial-volume edges. One more variant keeps the model's own
 label rule (``priors.sized_label`` from the reference lesion) but gives it the TRUE volumes:
-the image a perfect volume forecast would reach. Ratios are printed over all cases and per
-true progression status.
+the image a perfect volume forecast would reach. With ``--checkpoint`` a trained model is
+scored twice: as it predicts, and with its future label sized to the TRUE volumes
+(``future_volume_ml``), so the distance its volume forecast costs is measured on its own masks
+and image. Ratios are printed over all cases, per true progression status and per number of
+context visits (a single visit has no trajectory to extrapolate).
 
 Example: python bench/image_oracle.py --blur 0.5 0.75 1.0 --group all
+         python bench/image_oracle.py --split-seed 1 --checkpoint DIR/mtl_seed1/best
+           (DIR: the --out of bench/mtl_vs_single.py --split-per-seed)
 """
 
 from __future__ import annotations
@@ -36,6 +41,20 @@ def main() -> None:
         choices=["train", "val", "test", "all"],
         help="patients whose future cases are scored (nothing is trained: 'all' is fair)",
     )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="draw the patient split with this seed, as bench/mtl_vs_single.py --split-per-seed"
+        " does (default: the params split file)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="also score this multi-task checkpoint (a best/ or last/ folder), as it predicts and"
+        " sized to the true volumes",
+    )
     args = parser.parse_args()
 
     import torch
@@ -43,24 +62,36 @@ def main() -> None:
     from mtlgen.config import load_config
     from mtlgen.data.dataset import encode_context, lesion_volumes_ml
     from mtlgen.data.series import load_visit
-    from mtlgen.data.splits import load_split
+    from mtlgen.data.splits import load_split, make_split
     from mtlgen.evaluate.predictor import Prediction
     from mtlgen.evaluate.run import case_metrics, case_specs, case_truth
-    from mtlgen.models.mtl_net import class_channels, reference_image
+    from mtlgen.models.checkpoint import load_checkpoint
+    from mtlgen.models.mtl_net import TASKS, class_channels, reference_image
     from mtlgen.models.priors import class_mean_change, sized_label, stable_tissue_mean
     from mtlgen.progression import STATUSES
     from mtlgen.registry.series import load_series
 
     params = load_config(args.params)
-    split = load_split(params.data.split_file)
+    everyone = load_series(params.registry.url, params.registry.sqlite_timeout_s)
+    data = params.data
+    split = (
+        load_split(data.split_file)
+        if args.split_seed is None or args.split_seed == params.seed
+        else make_split(
+            [s.patient for s in everyone], data.val_fraction, data.test_fraction, args.split_seed
+        )
+    )
     groups = ("train", "val", "test") if args.group == "all" else (args.group,)
     chosen = {p for g in groups for p in getattr(split, g)}
-    series = [
-        s
-        for s in load_series(params.registry.url, params.registry.sqlite_timeout_s)
-        if s.patient in chosen
-    ]
+    series = [s for s in everyone if s.patient in chosen]
     contrasts = list(params.data.contrasts)
+    model = None
+    if args.checkpoint is not None:
+        model, config = load_checkpoint(args.checkpoint)
+        if tuple(getattr(model, "tasks", ())) != TASKS:
+            raise SystemExit(f"{args.checkpoint}: not a multi-task checkpoint")
+        model.eval()
+        contrasts = list(config["meta"]["contrasts"])
     fallback = torch.full((3, len(contrasts)), 0.5)
 
     def onehot(label) -> torch.Tensor:
@@ -127,16 +158,23 @@ def main() -> None:
                 variants[f"true volumes sized from the reference, blur {sigma}"] = (
                     class_mean_change(stable, ref_oh, sized_oh, fallback, s)
                 )
+            if model is not None:
+                with torch.no_grad():
+                    variants["model, its own volume forecast"] = model(batch)["image"]
+                    at_truth = model({**batch, "future_volume_ml": true_ml})["image"]
+                    variants["model, sized to the true volumes"] = at_truth
+            groups = ("all", truth.status, f"{len(context)} visit" + "s" * (len(context) > 1))
             for name, image in variants.items():
                 images = {c: image[0, i].numpy() for i, c in enumerate(contrasts)}
                 pred = Prediction(images, truth.target.label, truth.volume_ml, "stable")
                 mae = case_metrics(pred, truth)["image_mae_change"]
-                for group in ("all", truth.status):
+                for group in groups:
                     scores.setdefault(name, {}).setdefault(group, []).append(mae)
     copy = scores["copy-last"]
-    counts = ", ".join(f"{len(v)} {g}" for g, v in copy.items() if g != "all")
-    print(f"{len(copy['all'])} future cases of the {args.group} patients ({counts})")
     columns = [g for g in ("all", *STATUSES) if g in copy]
+    columns += sorted(g for g in copy if g not in columns)
+    counts = ", ".join(f"{len(copy[g])} {g}" for g in columns[1:])
+    print(f"{len(copy['all'])} future cases of the {args.group} patients ({counts})")
     print(
         f"{'image':<52} {'MAE change':>10}   / copy-last: " + " ".join(f"{g:>11}" for g in columns)
     )

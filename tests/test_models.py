@@ -157,6 +157,21 @@ def test_target_time_conditions_the_prediction(batch):
     assert not torch.allclose(a["log_volume"], b["log_volume"])
 
 
+def test_a_given_future_volume_sizes_the_future_label_and_the_image(batch):
+    net = _net().eval()
+    vox = batch["voxel_ml"]
+    given = torch.tensor([[3.0, 5.0], [0.0, 0.0]]) * (40 * vox[:, None])  # 120/200, 0 voxels
+    with torch.no_grad():
+        forecast = net(batch)
+        sized = net({**batch, "future_volume_ml": given})
+    for i in range(2):
+        core, lesion = lesion_volumes_ml(sized["future_label"][i].numpy(), float(vox[i]))
+        assert (core, lesion) == pytest.approx(tuple(given[i].tolist()), rel=1e-4)
+    assert not torch.equal(forecast["future_label"], sized["future_label"])
+    assert not torch.allclose(forecast["image"], sized["image"])
+    assert torch.equal(forecast["log_volume"], sized["log_volume"])  # the forecast itself stays
+
+
 def test_progression_starts_at_linear_extrapolation_and_needs_no_trunk(batch):
     net = _net(tasks=("progression",))
     assert net.trunk is None and net.feature_tasks == ()

@@ -20,7 +20,9 @@ careful reader would guess and learns what the data add:
   cross-entropy trains the volume too.
 - ``future_seg``: decodes the target mask from the fused features, the reference mask and the
   predicted log-volume change; its label (``future_label``) is that map sized to the
-  progression head's volumes (``priors.sized_label``).
+  progression head's volumes (``priors.sized_label``), or to the volumes a batch gives as
+  ``future_volume_ml`` [B, 2] (core, whole lesion; ml): the follow-up a given lesion size
+  would show.
 - ``image``: the reference image, averaged with the other context visits where their labels
   agree with it (scan noise and intensity drift averaged down), changed where the reference
   label becomes the future label, each class taking the intensity it has on the patient's
@@ -299,11 +301,12 @@ class MultiTaskNet(nn.Module):
             out["future_logits"] = logits
             future_probs = logits.softmax(dim=1)
             if "image" in self.tasks or not self.training:  # else nothing reads it
+                sizes = batch.get("future_volume_ml")  # a given future volume, else the forecast
+                if sizes is None and "progression" in self.tasks:
+                    sizes = out["log_volume"].detach().expm1()
                 future_label = (
-                    sized_label(
-                        future_probs, out["log_volume"].detach().expm1(), vox[:, 0], ref_label
-                    )
-                    if "progression" in self.tasks
+                    sized_label(future_probs, sizes, vox[:, 0], ref_label)
+                    if sizes is not None
                     else class_labels(future_probs)
                 )
                 out["future_label"] = future_label
