@@ -163,9 +163,11 @@ def main() -> None:
                     variants["model, its own volume forecast"] = model(batch)["image"]
                     at_truth = model({**batch, "future_volume_ml": true_ml})["image"]
                     variants["model, sized to the true volumes"] = at_truth
+            # as the predictors answer: the contrasts some context visit has
+            seen = batch["contrast_present"][0].any(dim=0).tolist()
             groups = ("all", truth.status, f"{len(context)} visit" + "s" * (len(context) > 1))
             for name, image in variants.items():
-                images = {c: image[0, i].numpy() for i, c in enumerate(contrasts)}
+                images = {c: image[0, i].numpy() for i, c in enumerate(contrasts) if seen[i]}
                 pred = Prediction(images, truth.target.label, truth.volume_ml, "stable")
                 mae = case_metrics(pred, truth)["image_mae_change"]
                 for group in groups:

@@ -287,7 +287,8 @@ def evaluate(
     Baselines (copy-last, linear and exponential volume extrapolation) always run with the
     configured checkpoints. For every future and reconstruction case: Dice and HD95 of the
     predicted masks, volume error, status accuracy / macro-F1, image MAE / PSNR / SSIM over the
-    brain and over the region that truly changes. Writes metrics.json, cases.tsv, summary.md,
+    brain and over the region that truly changes; also per true progression status and per
+    number of context visits. Writes metrics.json, cases.tsv, summary.md,
     summary.png and montage.png (see docs/evaluation.md). Tracked in MLflow (tracking.uri):
     every mean as <predictor>.<kind>.<metric>, the files as artifacts.
     """
