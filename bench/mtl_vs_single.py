@@ -35,8 +35,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from mtlgen.progression import STATUSES
-
 # task -> (case kind, metric, direction) judged for the MTL-vs-single comparison
 OWN_METRIC = {
     "seg": ("current", "dice_lesion", "max"),
@@ -104,8 +102,10 @@ def _group_ratios(lanes: list[dict], key: str, title: str) -> dict:
     Dice; printed, and returned as {group: {metric: [per seed]}}."""
     print(f"future cases by {title} (MTL / copy-last per seed; cases per seed):")
     ratios: dict = {}
-    found = {g for lane in lanes for b in lane[key].values() for g in b.get("future", {})}
-    order = [s for s in STATUSES if s in found] if key == "by_status" else sorted(found)
+    # in the order metrics.json gives them (statuses in STATUSES order, visits ascending)
+    order = dict.fromkeys(
+        g for lane in lanes for b in lane[key].values() for g in b.get("future", {})
+    )
     for group in order:
         for lane in lanes:
             seed, groups = lane["seed"], lane[key]

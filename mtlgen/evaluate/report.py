@@ -15,7 +15,6 @@ from mtlgen.evaluate.baselines import BASELINES
 from mtlgen.evaluate.predictor import Prediction
 from mtlgen.evaluate.run import KINDS, METRICS, CaseTruth
 from mtlgen.io.atomic import write_atomic, write_text_atomic
-from mtlgen.progression import STATUSES
 
 
 def _cell(entry: Mapping | None) -> str:
@@ -130,9 +129,8 @@ def _group_tables(metrics: dict, key: str, title: str) -> list[str]:
     by_group, names = metrics.get(key, {}), metrics["meta"]["predictors"]
     lines: list[str] = []
     for kind in KINDS:
+        # in the order metrics.json gives them (statuses in STATUSES order, visits ascending)
         groups = list(dict.fromkeys(g for n in names for g in by_group.get(n, {}).get(kind, {})))
-        if key == "by_status":
-            groups = [s for s in STATUSES if s in groups]
         if not groups:
             continue
         lines += [

@@ -357,33 +357,37 @@ def aggregate(rows: Sequence[dict], names: Sequence[str]) -> dict:
     return results
 
 
-def aggregate_by_status(rows: Sequence[dict], names: Sequence[str]) -> dict:
-    """``{predictor: {kind: {status: {metric: {mean, std, n}}}}}``: ``aggregate`` over the cases
-    of each true status (cases without one are left out). A lesion that did not change makes a
-    changing region of boundary voxels only, a growing one of new lesion: the two read
-    differently. Within a group ``status_accuracy`` is the fraction of its cases given their
-    true status; macro-F1 over one true class adds nothing and is dropped."""
+def _aggregate_by(rows: Sequence[dict], names: Sequence[str], key: str, values) -> dict:
+    """``{predictor: {kind: {value: {metric: {mean, std, n}}}}}``: ``aggregate`` over the cases
+    whose ``key`` is each of ``values`` (in that order; the value as a string key)."""
     results: dict = {}
-    for status in STATUSES:
-        group = aggregate([r for r in rows if r["status_true"] == status], names)
+    for value in values:
+        group = aggregate([r for r in rows if r[key] == value], names)
         for name, kinds in group.items():
             for kind, block in kinds.items():
+                results.setdefault(name, {}).setdefault(kind, {})[str(value)] = block
+    return results
+
+
+def aggregate_by_status(rows: Sequence[dict], names: Sequence[str]) -> dict:
+    """``aggregate`` over the cases of each true status (cases without one are left out). A
+    lesion that did not change makes a changing region of boundary voxels only, a growing one
+    of new lesion: the two read differently. Within a group ``status_accuracy`` is the fraction
+    of its cases given their true status; macro-F1 over one true class adds nothing and is
+    dropped."""
+    results = _aggregate_by(rows, names, "status_true", STATUSES)
+    for kinds in results.values():
+        for groups in kinds.values():
+            for block in groups.values():
                 del block["status_macro_f1"]
-                results.setdefault(name, {}).setdefault(kind, {})[status] = block
     return results
 
 
 def aggregate_by_context(rows: Sequence[dict], names: Sequence[str]) -> dict:
-    """``{predictor: {kind: {n: {metric: {mean, std, n}}}}}``: ``aggregate`` over the cases with
-    ``n`` context visits (a string key). A forecast from a single visit has no trajectory to
-    extrapolate; from two or more it has: the two read differently."""
-    results: dict = {}
-    for n in sorted({r["context_visits"] for r in rows}):
-        group = aggregate([r for r in rows if r["context_visits"] == n], names)
-        for name, kinds in group.items():
-            for kind, block in kinds.items():
-                results.setdefault(name, {}).setdefault(kind, {})[str(n)] = block
-    return results
+    """``aggregate`` over the cases with each number of context visits (a string key). A
+    forecast from a single visit has no trajectory to extrapolate; from two or more it has: the
+    two read differently."""
+    return _aggregate_by(rows, names, "context_visits", sorted({r["context_visits"] for r in rows}))
 
 
 _SEEDED = re.compile(r"^(?P<group>.+)_seed(?P<seed>\d+)$")
