@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mtlgen.data.dataset import encode_context
 from mtlgen.data.series import VisitArrays
 from mtlgen.evaluate.baselines import (
     CopyLast,
     VolumeExtrapolation,
+    carried_images,
     fit_volume,
     make_baseline,
     reference_visit,
 )
 from mtlgen.evaluate.metrics import brain_region, dice, region_mae
+from mtlgen.models.mtl_net import reference_image
 
 AFFINE = np.eye(4)  # 1 mm voxels: 1000 voxels = 1 mL
 SHAPE = (20, 20, 20)
@@ -39,6 +42,26 @@ def test_copy_last_is_exact_when_nothing_changes():
     # the prediction is a copy: editing it leaves the context untouched
     pred.images["T1w"][:] = 0
     assert context[-1].images["T1w"].any()
+
+
+def test_a_contrast_the_reference_lacks_is_carried_forward_as_the_model_does():
+    a, b, c = _visit(0, 100, seed=1), _visit(100, 200, seed=2), _visit(300, 300, seed=3)
+    for visit, seed in ((a, 4), (c, 5)):  # FLAIR at the first and the last visit only
+        visit.images["FLAIR"] = np.random.default_rng(seed).random(SHAPE).astype(np.float32)
+    future = CopyLast().predict([a, b], 250)  # reference b has no FLAIR: a's
+    assert future.images["T1w"] is not b.images["T1w"]
+    assert np.array_equal(future.images["T1w"], b.images["T1w"])
+    assert np.array_equal(future.images["FLAIR"], a.images["FLAIR"])
+    gap = VolumeExtrapolation("linear", 0.25, 0.25).predict([b, c], 200)  # nothing before: c's
+    assert np.array_equal(gap.images["FLAIR"], c.images["FLAIR"])
+    for context, days in (([a, b], 250), ([a, b, c], 200), ([b, c], 200)):
+        batch = encode_context(context, days, ["T1w", "FLAIR"], 3)
+        model = reference_image(
+            batch["images"][None], batch["contrast_present"][None], batch["ref_slot"][None]
+        )[0].numpy()
+        carried = carried_images(context, days)
+        assert np.array_equal(model[0], carried["T1w"])
+        assert np.array_equal(model[1], carried["FLAIR"])
 
 
 def test_reference_visit_for_future_and_reconstruction():

@@ -3,11 +3,14 @@
 - ``copy_last``: the reference visit's images, label and core volume; status ``stable``.
 - ``linear`` / ``exponential`` extrapolation: the core volume fitted over the context visits'
   label volumes (least squares in days; exponential = log-linear fit), evaluated at the target
-  time; images and label are copied from the reference visit; status follows the fitted volume
+  time; images and label are copied as by copy-last; status follows the fitted volume
   through ``mtlgen.progression.progression_status``.
 
 The *reference visit* is the latest context visit at or before the target time (for a future
-target, the last context visit; for a reconstruction, the visit just before the gap).
+target, the last context visit; for a reconstruction, the visit just before the gap). A
+contrast the reference visit lacks is carried forward from the latest earlier visit that has it
+(else the nearest later one), as the models' own copy-last image does
+(``mtlgen.models.mtl_net.reference_image``): every predictor answers the same contrasts.
 """
 
 from __future__ import annotations
@@ -44,10 +47,23 @@ def _labelled(visit: VisitArrays, who: str) -> np.ndarray:
     return visit.label
 
 
-def _copy(ref: VisitArrays, who: str, volume_ml: float, status) -> Prediction:
-    label = _labelled(ref, who)
-    images = {c: img.copy() for c, img in ref.images.items()}
-    return Prediction(images, label.copy(), volume_ml, status)
+def carried_images(context: Sequence[VisitArrays], target_days: float) -> dict[str, np.ndarray]:
+    """Per contrast any context visit has, the image of the latest visit at or before
+    ``target_days`` that has it, else of the earliest later one (copies)."""
+    before = sorted((v for v in context if v.days <= target_days), key=lambda v: -v.days)
+    after = sorted((v for v in context if v.days > target_days), key=lambda v: v.days)
+    images: dict[str, np.ndarray] = {}
+    for visit in (*before, *after):
+        for contrast, image in visit.images.items():
+            images.setdefault(contrast, image.copy())
+    return images
+
+
+def _copy(
+    context: Sequence[VisitArrays], target_days: float, who: str, volume_ml: float, status
+) -> Prediction:
+    label = _labelled(reference_visit(context, target_days), who)
+    return Prediction(carried_images(context, target_days), label.copy(), volume_ml, status)
 
 
 @dataclass
@@ -60,7 +76,7 @@ class CopyLast:
     def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
         ref = reference_visit(context, target_days)
         volume = label_volume_ml(_labelled(ref, self.name), ref.affine)
-        return _copy(ref, self.name, volume, "stable")
+        return _copy(context, target_days, self.name, volume, "stable")
 
 
 def fit_volume(
@@ -116,7 +132,7 @@ class VolumeExtrapolation:
             log.debug("%s: fewer than two usable context volumes, copying the last", self.name)
             volume = ref_ml
         status = progression_status(ref_ml, volume, self.increase, self.decrease)
-        return _copy(ref, self.name, volume, status)
+        return _copy(context, target_days, self.name, volume, status)
 
 
 def make_baseline(name: Baseline, increase: float, decrease: float) -> Predictor:
