@@ -165,12 +165,12 @@ def main() -> None:
                     variants["model, sized to the true volumes"] = at_truth
             # as the predictors answer: the contrasts some context visit has
             seen = batch["contrast_present"][0].any(dim=0).tolist()
-            groups = ("all", truth.status, f"{len(context)} visit" + "s" * (len(context) > 1))
+            case_groups = ("all", truth.status, f"{len(context)} visit" + "s" * (len(context) > 1))
             for name, image in variants.items():
                 images = {c: image[0, i].numpy() for i, c in enumerate(contrasts) if seen[i]}
                 pred = Prediction(images, truth.target.label, truth.volume_ml, "stable")
                 mae = case_metrics(pred, truth)["image_mae_change"]
-                for group in groups:
+                for group in case_groups:
                     scores.setdefault(name, {}).setdefault(group, []).append(mae)
     copy = scores["copy-last"]
     columns = [g for g in ("all", *STATUSES) if g in copy]

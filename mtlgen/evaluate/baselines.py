@@ -60,10 +60,16 @@ def carried_images(context: Sequence[VisitArrays], target_days: float) -> dict[s
 
 
 def _copy(
-    context: Sequence[VisitArrays], target_days: float, who: str, volume_ml: float, status
+    ref: VisitArrays,
+    context: Sequence[VisitArrays],
+    target_days: float,
+    who: str,
+    volume_ml: float,
+    status,
 ) -> Prediction:
-    label = _labelled(reference_visit(context, target_days), who)
-    return Prediction(carried_images(context, target_days), label.copy(), volume_ml, status)
+    """The reference visit's label and the carried-forward images, with a volume and status."""
+    label = _labelled(ref, who).copy()
+    return Prediction(carried_images(context, target_days), label, volume_ml, status)
 
 
 @dataclass
@@ -76,7 +82,7 @@ class CopyLast:
     def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
         ref = reference_visit(context, target_days)
         volume = label_volume_ml(_labelled(ref, self.name), ref.affine)
-        return _copy(context, target_days, self.name, volume, "stable")
+        return _copy(ref, context, target_days, self.name, volume, "stable")
 
 
 def fit_volume(
@@ -132,7 +138,7 @@ class VolumeExtrapolation:
             log.debug("%s: fewer than two usable context volumes, copying the last", self.name)
             volume = ref_ml
         status = progression_status(ref_ml, volume, self.increase, self.decrease)
-        return _copy(context, target_days, self.name, volume, status)
+        return _copy(ref, context, target_days, self.name, volume, status)
 
 
 def make_baseline(name: Baseline, increase: float, decrease: float) -> Predictor:
