@@ -79,10 +79,13 @@ class SynthConfig(Section):
 
 
 class ProgressionConfig(Section):
-    """Status rule: relative change of lesion-core volume vs the last observed visit."""
+    """Status rule: relative change of lesion-core volume vs the last observed visit; the
+    level of the calibrated volume intervals."""
 
     increase: float = Field(0.25, gt=0, le=10)
     decrease: float = Field(0.25, gt=0, lt=1)
+    interval_level: float = Field(0.8, gt=0, lt=1)
+    interval_min_days: float = Field(180.0, gt=0)
 
 
 class TrackingConfig(Section):
