@@ -89,7 +89,7 @@ class NaNImage:
 @pytest.fixture(scope="module")
 def evaluation(aligned_series, tmp_path_factory):
     test = tuple(s.patient for s in aligned_series[2:])
-    split = Split(0, tuple(s.patient for s in aligned_series[:2]), (), test)
+    split = Split(0, (), tuple(s.patient for s in aligned_series[:2]), test)
     cfg = EvaluateConfig()
     predictors = [make_baseline(b, 0.25, 0.25) for b in cfg.baselines]
     predictors.append(Oracle(aligned_series))
@@ -106,7 +106,9 @@ def evaluation(aligned_series, tmp_path_factory):
 def test_metrics_json_has_stable_keys(evaluation):
     _, out, chosen, cfg = evaluation
     on_disk = json.loads((out / "metrics.json").read_text())
-    assert set(on_disk) == {"meta", "results", "seed_groups", "by_status", "by_context"}
+    assert set(on_disk) == {
+        "meta", "results", "seed_groups", "by_status", "by_context", "calibration"
+    }  # fmt: skip
     assert on_disk["seed_groups"] == {}  # no predictor named <group>_seed<N>
     assert set(on_disk["results"]) == {"copy_last", "linear", "exponential", "oracle"}
     for block in on_disk["results"].values():  # none of these segments: no "current" cases
@@ -229,6 +231,39 @@ def test_by_context_groups_partition_the_cases_by_number_of_context_visits(evalu
     assert linear["2"]["volume_abs_error_ml"] != groups["2"]["volume_abs_error_ml"]
 
 
+def test_volume_intervals_are_calibrated_on_the_validation_patients(evaluation, aligned_series):
+    result, *_ = evaluation
+    assert result.metrics["meta"]["calibration_patients"] == [s.patient for s in aligned_series[:2]]
+    # copy-last's calibration by hand: it answers the volume of the latest visit at or before
+    scores: dict[str, list[float]] = {}
+    for val in aligned_series[:2]:
+        for spec in enumerate_samples(val, MAX_CONTEXT):
+            target = val.visits[spec.target]
+            ref = val.visits[max(i for i in spec.context if i < spec.target)]
+            horizon = min(abs(target.days - val.visits[i].days) for i in spec.context)
+            error = abs(np.log1p(_core_ml(target.label)) - np.log1p(_core_ml(ref.label)))
+            group = f"{spec.kind}:{'1' if len(spec.context) == 1 else '2+'}"
+            for key in (group, spec.kind, "all"):
+                scores.setdefault(key, []).append(error / (max(horizon, 180.0) / 365.25))
+    calibration = result.metrics["calibration"]["copy_last"]
+    assert calibration["cases"] == {k: len(v) for k, v in scores.items()}
+    for key, values in scores.items():
+        rank = int(np.ceil((len(values) + 1) * 0.8 - 1e-9))
+        expected = sorted(values)[rank - 1] if rank <= len(values) else None
+        assert calibration["radius_per_year"][key] == pytest.approx(expected)
+    assert calibration["radius_per_year"]["all"] is not None  # what too-small groups borrow
+    # test rows: the interval holds the prediction; coverage is the share holding the truth
+    for name in ("copy_last", "linear", "oracle"):
+        rows = [r for r in result.rows if r["predictor"] == name and r["kind"] == "future"]
+        assert all(r["volume_low_ml"] <= r["volume_pred_ml"] <= r["volume_high_ml"] for r in rows)
+        covered = [r["volume_low_ml"] <= r["volume_true_ml"] <= r["volume_high_ml"] for r in rows]
+        coverage = result.metrics["results"][name]["future"]["volume_interval_coverage"]
+        assert coverage["mean"] == pytest.approx(np.mean(covered)) and coverage["n"] == len(rows)
+    oracle = result.metrics["results"]["oracle"]["future"]  # never wrong: a zero-width interval
+    assert oracle["volume_interval_width_ml"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert oracle["volume_interval_coverage"]["mean"] == 1.0
+
+
 def test_report_is_written(evaluation):
     _, out, *_ = evaluation
     summary = (out / "summary.md").read_text()
@@ -237,6 +272,8 @@ def test_report_is_written(evaluation):
     assert "## future, by true progression status" in summary
     assert "| stable (" in summary
     assert "## future, by context visits" in summary
+    assert "## Volume intervals: calibration on 2 validation patients" in summary
+    assert "| future:2+ |" in summary and "volume_interval_coverage ≈0.8" in summary
     for png in ("summary.png", "montage.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -24,9 +24,18 @@ def _cell(entry: Mapping | None) -> str:
     return f"{entry['mean']:.3g}{std}"
 
 
+def _arrow(direction: str, level: float | None = None) -> str:
+    """↑ higher is better, ↓ lower is better, ≈ nearer the interval level is better."""
+    if direction == "level":
+        return "≈" if level is None else f"≈{level:g}"
+    return "↑" if direction == "max" else "↓"
+
+
 def _best(values: dict[str, float | None], direction: str) -> str | None:
+    """The best predictor by ``direction``; None for "level" metrics (coverage: a wider
+    interval covers more and is not better for it) or without values."""
     defined = {k: v for k, v in values.items() if v is not None}
-    if not defined:
+    if not defined or direction == "level":
         return None
     return (max if direction == "max" else min)(defined, key=defined.get)
 
@@ -35,13 +44,13 @@ def summary_markdown(metrics: dict) -> str:
     """Per case kind, a metric x predictor table (mean ± std over cases; best in bold), then
     each model's primary metrics against copy-last and the best baseline."""
     results, meta = metrics["results"], metrics["meta"]
-    names = meta["predictors"]
+    names, level = meta["predictors"], meta.get("interval_level")
     lines = [
         "# Evaluation",
         "",
         f"Test patients: {len(meta['test_patients'])} (split seed {meta['split_seed']}); "
         f"cases: {meta['cases']}. Mean ± std over cases; status scores over all cases. "
-        "Arrows: ↑ higher is better, ↓ lower is better.",
+        "Arrows: ↑ higher is better, ↓ lower is better, ≈ nearest the interval level is best.",
     ]
     for name, count in meta.get("fallbacks", {}).items():
         lines.append(
@@ -64,8 +73,8 @@ def summary_markdown(metrics: dict) -> str:
                 else _cell(e)
                 for n, e in entries.items()
             ]
-            arrow = "↑" if direction == "max" else "↓"
-            lines.append(f"| {metric} {arrow} | " + " | ".join(cells) + " |")
+            lines.append(f"| {metric} {_arrow(direction, level)} | " + " | ".join(cells) + " |")
+    lines += _calibration_table(metrics)
     lines += _group_tables(metrics, "by_status", "true progression status")
     lines += _group_tables(metrics, "by_context", "context visits")
     groups = metrics.get("seed_groups", {})
@@ -84,9 +93,7 @@ def summary_markdown(metrics: dict) -> str:
         ]
         for metric, direction in METRICS.items():
             cells = [_cell(groups[g][kind][metric]) for g in present]
-            lines.append(
-                f"| {metric} {'↑' if direction == 'max' else '↓'} | " + " | ".join(cells) + " |"
-            )
+            lines.append(f"| {metric} {_arrow(direction, level)} | " + " | ".join(cells) + " |")
     models = [n for n in names if n not in BASELINES]
     baselines = [n for n in names if n in BASELINES]
     if models and baselines:
@@ -120,7 +127,45 @@ def summary_markdown(metrics: dict) -> str:
 
 # the metrics that read differently on a lesion that changed and on one that did not, and on a
 # forecast from one visit and from a trajectory
-GROUP_METRICS = ("dice_lesion", "volume_abs_error_ml", "image_mae_change", "status_accuracy")
+GROUP_METRICS = (
+    "dice_lesion",
+    "volume_abs_error_ml",
+    "volume_interval_coverage",
+    "volume_interval_width_ml",
+    "image_mae_change",
+    "status_accuracy",
+)
+
+
+def _calibration_table(metrics: dict) -> list[str]:
+    """Each predictor's interval radius (log-volume per year) per calibration group, with the
+    number of validation cases it came from."""
+    calibration = metrics.get("calibration", {})
+    if not calibration:
+        return []
+    names = [n for n in metrics["meta"]["predictors"] if n in calibration]
+    keys = list(dict.fromkeys(k for n in names for k in calibration[n]["radius_per_year"]))
+    lines = [
+        "",
+        f"## Volume intervals: calibration on {len(metrics['meta']['calibration_patients'])} "
+        "validation patients",
+        "",
+        "Split conformal (`mtlgen.evaluate.intervals`): an interval is "
+        "expm1(log1p(predicted mL) ± radius × horizon in years). Radius per group (validation "
+        "cases); – where too few cases give no finite radius (the case borrows its kind's, "
+        "then the pooled one).",
+        "",
+        "| group | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for key in keys:
+        cells = []
+        for name in names:
+            radius = calibration[name]["radius_per_year"].get(key)
+            n = calibration[name]["cases"].get(key, 0)
+            cells.append(f"{'–' if radius is None else f'{radius:.3g}'} ({n})")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _group_tables(metrics: dict, key: str, title: str) -> list[str]:
@@ -144,7 +189,7 @@ def _group_tables(metrics: dict, key: str, title: str) -> list[str]:
             blocks = {n: by_group.get(n, {}).get(kind, {}).get(group, {}) for n in names}
             n_cases = max((e["n"] for b in blocks.values() for e in b.values()), default=0)
             for metric in GROUP_METRICS:
-                arrow = "↑" if METRICS[metric] == "max" else "↓"
+                arrow = _arrow(METRICS[metric], metrics["meta"].get("interval_level"))
                 cells = [_cell(blocks[n].get(metric)) for n in names]
                 lines.append(
                     f"| {group} ({n_cases}) | {metric} {arrow} | " + " | ".join(cells) + " |"
@@ -155,6 +200,7 @@ def _group_tables(metrics: dict, key: str, title: str) -> list[str]:
 def plot_summary(metrics: dict, path: Path) -> Path:
     """Bar chart per metric: predictors side by side, one bar group per case kind, std whiskers."""
     results, names = metrics["results"], metrics["meta"]["predictors"]
+    level = metrics["meta"].get("interval_level")
     kinds = [k for k in KINDS if any(k in results.get(n, {}) for n in names)]
     cols = 4
     rows = int(np.ceil(len(METRICS) / cols))
@@ -171,7 +217,7 @@ def plot_summary(metrics: dict, path: Path) -> Path:
             x = np.arange(len(kinds)) + (i - (len(names) - 1) / 2) * width
             ax.bar(x, means, width, yerr=stds, capsize=2, label=name, color=colors(i % 10))
         ax.set_xticks(np.arange(len(kinds)), kinds)
-        ax.set_title(f"{metric} {'↑' if direction == 'max' else '↓'}", fontsize=9)
+        ax.set_title(f"{metric} {_arrow(direction, level)}", fontsize=9)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(METRICS) :]:
         ax.axis("off")

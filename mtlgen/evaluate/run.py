@@ -2,9 +2,11 @@
 
 Cases come from ``mtlgen.data.samples.enumerate_samples`` (future and reconstruction targets).
 Truth that does not depend on the predictor (brain and changing regions, true volume and status)
-is computed once per case. Outputs in ``out_dir``: ``metrics.json`` (per predictor, per case
-kind, per metric: mean, std, n; the same per true progression status under ``by_status`` and
-per number of context visits under ``by_context``),
+is computed once per case. Every predictor's volume interval is calibrated on the validation
+patients' cases first (``mtlgen.evaluate.intervals``). Outputs in ``out_dir``: ``metrics.json``
+(per predictor, per case kind, per metric: mean, std, n; the same per true progression status
+under ``by_status`` and per number of context visits under ``by_context``; the calibrations
+under ``calibration``),
 ``cases.tsv`` (one row per case and predictor) and the report
 (``summary.md``, ``summary.png``, ``montage.png``; see ``mtlgen.evaluate.report``).
 """
@@ -29,6 +31,7 @@ from mtlgen.data.samples import enumerate_samples
 from mtlgen.data.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.data.splits import Split
 from mtlgen.evaluate.baselines import reference_visit
+from mtlgen.evaluate.intervals import VolumeCalibration, VolumeCase, horizon_days, interval_scores
 from mtlgen.evaluate.metrics import (
     brain_region,
     changing_region,
@@ -54,7 +57,8 @@ log = logging.getLogger(__name__)
 # label the predictor does not see, given the labels of the visits before it (the first visit
 # of a series is segmented from its images alone)
 KINDS: tuple[str, ...] = ("future", "reconstruction", "current")
-# every metric in metrics.json and whether larger ("max") or smaller ("min") is better
+# every metric in metrics.json and whether larger ("max"), smaller ("min") or nearer the
+# interval level ("level") is better
 METRICS: dict[str, str] = {
     "dice_lesion": "max",
     "dice_core": "max",
@@ -70,6 +74,9 @@ METRICS: dict[str, str] = {
     "image_mae_change": "min",
     "image_psnr_change": "max",
     "image_ssim_change": "max",
+    "volume_interval_coverage": "level",  # best near the interval level, not at an extreme
+    "volume_interval_width_ml": "min",
+    "volume_interval_score": "min",
 }
 _CASE_METRICS = [m for m in METRICS if not m.startswith("status_")]
 
@@ -226,13 +233,8 @@ def case_specs(
     return specs
 
 
-def _cases(
-    series: Sequence[PatientSeries],
-    max_context: int,
-    reconstruction: bool,
-    cfg: EvaluateConfig,
-    progression: ProgressionConfig,
-):
+def _loaded_cases(series: Sequence[PatientSeries], max_context: int, reconstruction: bool):
+    """(patient, kind, context, target) of every case of ``case_specs``, visits loaded once."""
     for patient in series:
         loaded: dict[int, VisitArrays] = {}
         for kind, context_idx, target in case_specs(patient, max_context, reconstruction):
@@ -242,20 +244,77 @@ def _cases(
             context = [loaded[i] for i in context_idx]
             if kind == "current":  # its label hidden: the predictor has to segment it
                 context[-1] = replace(context[-1], label=None)
-            yield case_truth(patient.patient, kind, context, loaded[target], cfg, progression)
+            yield patient.patient, kind, context, loaded[target]
+
+
+def _answers(predictor: Predictor, kind: str) -> bool:
+    return kind != "current" or getattr(predictor, "segments", True)
+
+
+def calibrate_volumes(
+    predictors: Sequence[Predictor],
+    series: Sequence[PatientSeries],
+    progression: ProgressionConfig,
+    max_context: int,
+    reconstruction: bool = True,
+    progress: bool = True,
+) -> dict[str, VolumeCalibration]:
+    """Each predictor's volume calibration on the labelled cases of ``series`` (the validation
+    patients'), by name."""
+    cases: dict[str, list[VolumeCase]] = {p.name: [] for p in predictors}
+    specs = sum(len(case_specs(s, max_context, reconstruction)) for s in series)
+    bar = tqdm(total=specs, desc="calibrating intervals", unit="case", disable=not progress)
+    with bar:
+        for _, kind, context, target in _loaded_cases(series, max_context, reconstruction):
+            bar.update()
+            if target.label is None:
+                continue
+            true_ml = label_volume_ml(target.label, target.affine)
+            horizon = horizon_days([v.days for v in context], target.days)
+            for predictor in predictors:
+                if _answers(predictor, kind):
+                    pred = predictor.predict(context, target.days)
+                    cases[predictor.name].append(
+                        VolumeCase(kind, len(context), horizon, pred.core_volume_ml, true_ml)
+                    )
+    level, min_days = progression.interval_level, progression.interval_min_days
+    return {name: VolumeCalibration.fit(c, level, min_days) for name, c in cases.items()}
+
+
+def _interval_row(
+    calibration: VolumeCalibration | None, truth: CaseTruth, pred: Prediction
+) -> dict[str, float]:
+    """The case's interval bounds and, where the true volume is known, its interval metrics."""
+    if calibration is None:
+        return {"volume_low_ml": math.nan, "volume_high_ml": math.nan}
+    horizon = horizon_days([v.days for v in truth.context], truth.target.days)
+    low, high = calibration.interval(truth.kind, len(truth.context), horizon, pred.core_volume_ml)
+    row = {"volume_low_ml": low, "volume_high_ml": high}
+    if truth.volume_ml is not None:
+        row.update(interval_scores(low, high, truth.volume_ml, calibration.level))
+    return row
+
+
+def select_series(
+    series: Sequence[PatientSeries], patients: Sequence[str], role: str
+) -> list[PatientSeries]:
+    """The series of ``patients`` (the split's ``role`` patients), warning about any without
+    one."""
+    chosen = [s for s in series if s.patient in set(patients)]
+    missing = sorted(set(patients) - {s.patient for s in chosen})
+    if missing:
+        log.warning("%s patients without registered series (skipped): %s", role, missing)
+    return chosen
 
 
 def select_test_series(series: Sequence[PatientSeries], split: Split) -> list[PatientSeries]:
     """The series of the split's test patients; fails if there are none."""
-    chosen = [s for s in series if s.patient in split.test]
+    chosen = select_series(series, split.test, "test")
     if not chosen:
         raise ValueError(
             f"none of the {len(series)} series belongs to the split's test patients "
             f"{list(split.test)}: is the split from this registry?"
         )
-    missing = sorted(set(split.test) - {s.patient for s in chosen})
-    if missing:
-        log.warning("test patients without registered series (skipped): %s", missing)
     return chosen
 
 
@@ -281,17 +340,26 @@ def evaluate_predictors(
     if unknown:
         raise ValueError(f"evaluate.primary_metrics: unknown {unknown}; expected {list(METRICS)}")
     chosen = select_test_series(series, split)
+    calibration_series = select_series(series, split.val, "validation")
+    calibrations: dict[str, VolumeCalibration] = {}
+    if calibration_series:
+        calibrations = calibrate_volumes(
+            predictors, calibration_series, progression, max_context, reconstruction, progress
+        )
+    else:
+        log.warning("the split has no validation patients: no calibrated volume intervals")
     n_cases = sum(len(case_specs(s, max_context, reconstruction)) for s in chosen)
     counts = dict.fromkeys(KINDS, 0)
     rows: list[dict] = []
     montage, montage_size = None, -1
     bar = tqdm(total=n_cases, desc="evaluating cases", unit="case", disable=not progress)
     with bar:
-        for truth in _cases(chosen, max_context, reconstruction, cfg, progression):
+        for patient, kind, context, target in _loaded_cases(chosen, max_context, reconstruction):
+            truth = case_truth(patient, kind, context, target, cfg, progression)
             counts[truth.kind] += 1
             predictions = {}
             for predictor in predictors:
-                if truth.kind == "current" and not getattr(predictor, "segments", True):
+                if not _answers(predictor, truth.kind):
                     continue
                 pred = predictor.predict(truth.context, truth.target.days)
                 _check_prediction(pred, truth, predictor.name)
@@ -309,6 +377,7 @@ def evaluate_predictors(
                         "volume_true_ml": truth.volume_ml,
                         "volume_pred_ml": pred.core_volume_ml,
                         **case_metrics(pred, truth),
+                        **_interval_row(calibrations.get(predictor.name), truth, pred),
                     }
                 )
             size = int(truth.change.sum()) if truth.change is not None else 0
@@ -325,6 +394,8 @@ def evaluate_predictors(
             "max_context": max_context,
             "reconstruction": reconstruction,
             "directions": METRICS,
+            "interval_level": progression.interval_level,
+            "calibration_patients": [s.patient for s in calibration_series],
             "primary_metrics": [m.model_dump() for m in cfg.primary_metrics],
             "fallbacks": {p.name: p.fallbacks for p in predictors if getattr(p, "fallbacks", None)},
             "settings": cfg.model_dump(mode="json", exclude={"checkpoints", "out_dir"}),
@@ -332,6 +403,7 @@ def evaluate_predictors(
         "results": aggregate(rows, names),
         "by_status": aggregate_by_status(rows, names),
         "by_context": aggregate_by_context(rows, names),
+        "calibration": {name: c.to_dict() for name, c in calibrations.items()},
     }
     metrics["seed_groups"] = seed_groups(metrics["results"])
     return Evaluation(metrics, rows, montage)
