@@ -79,13 +79,18 @@ def predict_task(
 def _markdown(rows: list[dict], model: dict) -> str:
     lines = [f"# Follow-up predictions ({model['model_name']} v{model['version']})", ""]
     lines += [
-        "| patient | due | day | core volume (ml) | status | prediction |",
-        "|---|---|---|---|---|---|",
+        "| patient | due | day | core volume (ml) | interval (ml) | status | prediction |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        low, high = r["core_volume_low_ml"], r["core_volume_high_ml"]
+        interval = "–" if low is None else f"{low:.2f}-{'∞' if high is None else f'{high:.2f}'}"
+        if r["interval_level"] is not None:
+            interval += f" ({r['interval_level']:.0%})"
         lines.append(
             f"| {r['patient']} | {r['due']} | {r['target_days']:.0f} | {r['core_volume_ml']:.2f} | "
-            f"{r['status']} | ![{r['patient']}](data:image/png;base64,{r['thumbnail']}) |"
+            f"{interval} | {r['status']} | "
+            f"![{r['patient']}](data:image/png;base64,{r['thumbnail']}) |"
         )
     return "\n".join(lines) + "\n"
 

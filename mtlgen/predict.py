@@ -2,8 +2,10 @@
 patient's last one, written on the model grid (the patient's baseline-aligned grid).
 
 Per patient: ``<out_dir>/<pseudonym>/<contrast>.nii.gz`` (predicted images), ``label.nii.gz``
-(0 background, 1 lesion core, 2 edema) and ``prediction.json`` (target day, core volume, status,
-the model that made it); ``<out_dir>/predictions.tsv`` sums them up.
+(0 background, 1 lesion core, 2 edema) and ``prediction.json`` (target day, core volume and its
+calibrated interval, status, the model that made it); ``<out_dir>/predictions.tsv`` sums them
+up. The interval comes from the predictor's ``calibration`` (``mtlgen.evaluate.intervals``);
+its bounds are empty for a predictor without one, the upper one where it is unbounded.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import io
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,12 +22,27 @@ import numpy as np
 from tqdm import tqdm
 
 from mtlgen.data.series import PatientSeries, load_visit
-from mtlgen.evaluate.predictor import Predictor
+from mtlgen.evaluate.intervals import VolumeCalibration
+from mtlgen.evaluate.predictor import Prediction, Predictor
 from mtlgen.ids import check_token
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.nifti import save_nifti
 
 log = logging.getLogger(__name__)
+
+
+def _interval(
+    calibration: VolumeCalibration | None, visits: int, days_ahead: float, pred: Prediction
+) -> dict[str, float | None]:
+    """The core volume's calibrated interval (None where absent or unbounded) and its level."""
+    if calibration is None:
+        return {"core_volume_low_ml": None, "core_volume_high_ml": None, "interval_level": None}
+    low, high = calibration.interval("future", visits, days_ahead, pred.core_volume_ml)
+    return {
+        "core_volume_low_ml": round(low, 4),
+        "core_volume_high_ml": round(high, 4) if math.isfinite(high) else None,
+        "interval_level": calibration.level,
+    }
 
 
 def predict_followup(
@@ -53,16 +71,20 @@ def predict_followup(
         "last_visit_days": context[-1].days,
         "target_days": target,
         "core_volume_ml": round(float(pred.core_volume_ml), 4),
+        **_interval(getattr(predictor, "calibration", None), len(context), days_ahead, pred),
         "status": pred.status,
     }
     write_text_atomic(
         folder / "prediction.json", json.dumps({**row, "model": dict(model)}, indent=2) + "\n"
     )
+    low, high = row["core_volume_low_ml"], row["core_volume_high_ml"]
+    interval = "" if low is None else f" ({low:.2f}-{'inf' if high is None else f'{high:.2f}'})"
     log.info(
-        "%s: day %.0f -> core %.2f ml, %s",
+        "%s: day %.0f -> core %.2f ml%s, %s",
         patient.patient,
         target,
         row["core_volume_ml"],
+        interval,
         row["status"],
     )
     return row

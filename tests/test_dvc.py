@@ -189,6 +189,16 @@ def test_full_pipeline_tracks_registers_promotes_and_reruns_only_training(
     for contrast, image in local.images.items():
         np.testing.assert_array_equal(from_registry.images[contrast], image)
     assert (repo / "data/predictions/pipeline/predictions.tsv").read_text().count("\n") == 4
+    # training calibrated the volume intervals on the validation patient; the registered model
+    # carries them, evaluation fits the same ones, and every prediction has its interval
+    shipped = json.loads((folder / "calibration.json").read_text())
+    metrics = json.loads((repo / "data/evaluation/metrics.json").read_text())
+    assert shipped == metrics["calibration"]["mtl"] and shipped["radius_per_year"]["all"] >= 0
+    rows = (repo / "data/predictions/pipeline/predictions.tsv").read_text().splitlines()
+    table = [dict(zip(rows[0].split("\t"), r.split("\t"), strict=True)) for r in rows[1:]]
+    for row in table:
+        low, high = float(row["core_volume_low_ml"]), float(row["core_volume_high_ml"])
+        assert low <= float(row["core_volume_ml"]) <= high and row["interval_level"] == "0.8"
 
     # an experiment with another epoch count re-runs training and what follows, nothing before
     out = sh(repo, "dvc", "exp", "run", "-S", "train.epochs=3")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from mtlgen.evaluate.baselines import make_baseline
+from mtlgen.evaluate.intervals import VolumeCalibration
 from mtlgen.predict import predict_followup, predict_followups
 
 MODEL = {"model_name": "copy-last", "version": "0"}
@@ -44,3 +46,54 @@ def test_predict_followup_writes_into_the_given_folder_and_refuses_the_past(
     assert (folder / "prediction.json").is_file() and row["status"] == "stable"
     with pytest.raises(ValueError, match="days_ahead must be > 0"):
         predict_followup(predictor, aligned_series[0], 0, folder, MODEL)
+
+
+class _Calibrated:
+    """A baseline carrying a volume calibration, as a loaded checkpoint does."""
+
+    name = "calibrated"
+
+    def __init__(self, calibration):
+        self.model = make_baseline("copy_last", 0.25, 0.25)
+        self.calibration = calibration
+
+    def predict(self, context, target_days):
+        return self.model.predict(context, target_days)
+
+
+def test_a_calibrated_predictor_writes_the_volume_interval(tmp_path, aligned_series):
+    calibration = VolumeCalibration(0.8, 180.0, {"future:2+": 0.5, "future": 0.3, "all": 0.3})
+    rows = predict_followups(
+        _Calibrated(calibration), aligned_series[:1], 360, tmp_path, MODEL, progress=False
+    )
+    record = json.loads((tmp_path / aligned_series[0].patient / "prediction.json").read_text())
+    half = 0.5 * 360 / 365.25  # several visits: the future:2+ radius, over 360 days
+    assert record["core_volume_low_ml"] == pytest.approx(
+        math.expm1(math.log1p(record["core_volume_ml"]) - half), abs=1e-4
+    )
+    assert record["core_volume_high_ml"] == pytest.approx(
+        math.expm1(math.log1p(record["core_volume_ml"]) + half), abs=1e-4
+    )
+    assert record["interval_level"] == 0.8 and rows[0]["core_volume_low_ml"] > 0
+    header = (tmp_path / "predictions.tsv").read_text().splitlines()[0].split("\t")
+    assert {"core_volume_low_ml", "core_volume_high_ml", "interval_level"} <= set(header)
+    plain = predict_followups(  # a predictor without a calibration: no interval, not a guess
+        make_baseline("copy_last", 0.25, 0.25), aligned_series[:1], 360, tmp_path, MODEL, False
+    )
+    assert plain[0]["core_volume_low_ml"] is None and plain[0]["interval_level"] is None
+
+
+def test_a_checkpoints_calibration_travels_with_it(tmp_path):
+    import torch
+
+    from mtlgen.models.checkpoint import save_checkpoint
+    from mtlgen.models.mtl_net import MultiTaskNet
+    from mtlgen.models.predictor import load_predictor
+
+    torch.manual_seed(0)
+    kwargs = {"max_context": 2, "features": [4, 8, 16], "time_dim": 8, "heads": 2}
+    save_checkpoint(tmp_path, MultiTaskNet(**kwargs), kwargs, {"contrasts": ["T1w", "FLAIR"]})
+    assert load_predictor(tmp_path).calibration is None
+    calibration = VolumeCalibration(0.9, 90.0, {"all": 0.4}, {"all": 12})
+    calibration.save(tmp_path)
+    assert load_predictor(tmp_path).calibration == calibration

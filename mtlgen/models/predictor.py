@@ -12,6 +12,9 @@ core volume); its ``name`` says so, e.g. ``single-image-copy-last``.
 
 When the target is a context visit whose mask is not given (segmenting the current scan), a
 model with the ``seg`` head answers mask and volume from that head.
+
+``calibration`` is the checkpoint's volume-interval calibration (``calibration.json``, written
+after training by ``mtlgen.track.stage.calibrate_trained``), None if it has none.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from mtlgen.data.dataset import encode_context, lesion_volumes_ml, reference_slot, voxel_ml
 from mtlgen.data.series import VisitArrays
+from mtlgen.evaluate.intervals import VolumeCalibration, load_calibration
 from mtlgen.evaluate.predictor import Prediction
 from mtlgen.models.checkpoint import load_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
@@ -33,12 +37,19 @@ from mtlgen.progression import progression_status
 class ModelPredictor:
     """Predicts a target visit with a trained ``MultiTaskNet``."""
 
-    def __init__(self, model: MultiTaskNet, meta: dict, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: MultiTaskNet,
+        meta: dict,
+        device: str = "cpu",
+        calibration: VolumeCalibration | None = None,
+    ) -> None:
         if model.spatial_dims != 3:
             raise ValueError("the predictor answers whole volumes: it needs a spatial_dims=3 model")
         self.model = model.to(device).eval()
         self.device = device
         self.contrasts: list[str] = list(meta["contrasts"])
+        self.calibration = calibration
         tasks = model.tasks
         self.name = (
             f"mtl-{meta.get('sharing', 'hard')}"
@@ -90,4 +101,4 @@ def load_predictor(checkpoint_dir: Path | str, device: str = "cpu") -> ModelPred
     meta = {**config.get("meta", {}), **config["init"]}
     if "contrasts" not in meta:
         raise ValueError(f"{checkpoint_dir}/config.json: meta.contrasts missing")
-    return ModelPredictor(model, meta, device)
+    return ModelPredictor(model, meta, device, load_calibration(checkpoint_dir))

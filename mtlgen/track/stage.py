@@ -8,6 +8,7 @@ file's hash, and refuses anything that contains a source patient ID from the reg
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,8 @@ from mtlgen.track.privacy import source_ids
 from mtlgen.track.provenance import data_version, environment, file_sha256
 from mtlgen.track.registry import register_checkpoint
 from mtlgen.track.run import tracked_run
+
+log = logging.getLogger(__name__)
 
 REGISTERED = "registered.json"  # beside a checkpoint: the model name and version it became
 
@@ -98,10 +101,47 @@ def registered_version(checkpoint_dir: Path) -> dict[str, str] | None:
         raise ValueError(f"{path}: not a registration record ({exc})") from None
 
 
+def calibrate_trained(
+    params: Params, series: Sequence[Any], split: Any, checkpoint_dir: Path
+) -> Path | None:
+    """Calibrate a trained 3-D checkpoint's volume intervals on the split's validation patients
+    and save them beside its weights (``calibration.json``), so that the registered model
+    carries them into ``mtlgen predict``. None (nothing written) without validation patients
+    or for a 2-D model."""
+    from mtlgen.evaluate.run import calibrate_volumes, select_series
+    from mtlgen.models.predictor import load_predictor
+
+    val_series = select_series(series, split.val, "validation")
+    if not val_series:
+        log.warning("no validation patients: %s gets no volume intervals", checkpoint_dir)
+        return None
+    try:
+        predictor = load_predictor(checkpoint_dir)
+    except ValueError as exc:  # a 2-D model answers slices, not the volumes a case needs
+        log.warning("%s: no volume intervals (%s)", checkpoint_dir, exc)
+        return None
+    calibration = calibrate_volumes(
+        [predictor],
+        val_series,
+        params.progression,
+        params.data.max_context,
+        params.data.reconstruction,
+    )[predictor.name]
+    path = calibration.save(checkpoint_dir)
+    log.info(
+        "volume intervals at level %g calibrated on %d validation cases -> %s",
+        calibration.level,
+        calibration.cases.get("all", 0),
+        path,
+    )
+    return path
+
+
 def train_and_register(
     params: Params, out_dir: Path | None = None, resume: bool = True
 ) -> tuple[Any, str | None]:
-    """``train_model`` inside a tracked run, then register its best checkpoint as candidate.
+    """``train_model`` inside a tracked run, calibrate its best checkpoint's volume intervals
+    on the validation patients (``calibrate_trained``), then register it as candidate.
 
     Returns the ``TrainResult`` and the registered version. Under torchrun only rank 0 tracks
     and registers (version None elsewhere).
@@ -115,18 +155,15 @@ def train_and_register(
     name = f"train-{params.train.task}"
     inputs = [params.preprocess.out_dir, split_file]
     tracking = stage_run(params, name, inputs, split_file) if main_process else nullcontext()
-    with tracking as run:
+    with tracking as run:  # the tracking store answers before any data is read
+        series = load_series(params.registry.url, params.registry.sqlite_timeout_s)
+        split = load_split(split_file)
         result = train_model(
-            params,
-            load_series(params.registry.url, params.registry.sqlite_timeout_s),
-            load_split(split_file),
-            out_dir,
-            task=params.train.task,
-            logger=run,
-            resume=resume,
+            params, series, split, out_dir, task=params.train.task, logger=run, resume=resume
         )
         version = None
         if run is not None:
+            calibrate_trained(params, series, split, result.checkpoint_dir)
             version = register_trained(run, params, result.checkpoint_dir, params.train.task)
     return result, version
 
