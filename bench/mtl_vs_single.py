@@ -10,6 +10,8 @@ measured in this run:
 - the same image and Dice ratios per seed on the future cases grouped by true progression
   status (on a lesion that did not change, the changing region is its boundary voxels only)
   and by number of context visits (one visit has no trajectory to extrapolate);
+- calibrated volume intervals (split conformal on each seed's validation patients): coverage,
+  width and interval score of MTL and the baselines, MTL's score / the best baseline's;
 - MTL vs each single-task model on that task's own metric (mean +- std over seeds);
 - MTL training time / sum of the single-task training times, in total and per epoch (apart from
   how many epochs early stopping let each model run), with the epochs each model ran.
@@ -129,6 +131,36 @@ def _group_ratios(lanes: list[dict], key: str, title: str) -> dict:
                 + " ".join(f"{r:.3f}" for r in entry["dice_lesion"])
             )
     return ratios
+
+
+INTERVAL_METRICS = ("volume_interval_coverage", "volume_interval_width_ml", "volume_interval_score")
+
+
+def _interval_table(seeds_of, level: float) -> dict:
+    """Calibrated volume intervals (``mtlgen.evaluate.intervals``) of MTL and the baselines on
+    future and reconstruction cases, means over seeds, and MTL's interval score / the best
+    baseline's; printed, and returned as {kind: {predictor: {metric: mean}, ratio}}."""
+    print(f"volume intervals at level {level:g} (mean over seeds): coverage / width ml / score")
+    table: dict = {}
+    for kind in ("future", "reconstruction"):
+        row = {}
+        for prefix in ("mtl", "copy_last", "linear", "exponential"):
+            values = {m: seeds_of(prefix, kind, m) for m in INTERVAL_METRICS}
+            if all(values.values()):
+                row[prefix] = {m: statistics.fmean(v) for m, v in values.items()}
+        baselines = [p for p in row if p != "mtl"]
+        if "mtl" not in row or not baselines:
+            continue
+        best = min(baselines, key=lambda p: row[p]["volume_interval_score"])
+        ratio = row["mtl"]["volume_interval_score"] / row[best]["volume_interval_score"]
+        table[kind] = {**row, "ratio_to_best_baseline": ratio}
+        cells = "; ".join(
+            f"{p} {v['volume_interval_coverage']:.2f} / {v['volume_interval_width_ml']:.2f} / "
+            f"{v['volume_interval_score']:.2f}"
+            for p, v in row.items()
+        )
+        print(f"  {kind}: {cells} -> MTL score / {best} {ratio:.3f}")
+    return table
 
 
 def _time_ratios(runs: dict, tasks: tuple[str, ...]) -> dict:
@@ -305,6 +337,7 @@ def run_bench(params, series, splits: list, tasks, out: Path, lanes: int, thread
             )
         )
         print(f"  seed {seed}: " + "  ".join(f"{r:.3f}" for r in ratios))
+    checks["volume_intervals"] = _interval_table(seeds_of, params.progression.interval_level)
     checks["by_status"] = _group_ratios(lanes, "by_status", "true status")
     checks["by_context"] = _group_ratios(lanes, "by_context", "context visits")
     for task in tasks:
