@@ -144,16 +144,18 @@ def _calibration_table(metrics: dict) -> list[str]:
     if not calibration:
         return []
     names = [n for n in metrics["meta"]["predictors"] if n in calibration]
-    keys = list(dict.fromkeys(k for n in names for k in calibration[n]["radius_per_year"]))
+    present = {k for n in names for k in calibration[n]["radius_per_year"]}
+    order = [g for kind in KINDS for g in (f"{kind}:1", f"{kind}:2+", kind)] + ["all"]
+    keys = [k for k in order if k in present]
     lines = [
         "",
         f"## Volume intervals: calibration on {len(metrics['meta']['calibration_patients'])} "
         "validation patients",
         "",
         "Split conformal (`mtlgen.evaluate.intervals`): an interval is "
-        "expm1(log1p(predicted mL) ± radius × horizon in years). Radius per group (validation "
-        "cases); – where too few cases give no finite radius (the case borrows its kind's, "
-        "then the pooled one).",
+        "expm1(log1p(predicted mL) ± radius × max(horizon, min_days) in years). Radius per "
+        "group (validation cases); – where too few cases give no finite radius (the case "
+        "borrows its kind's, then the pooled one).",
         "",
         "| group | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",
