@@ -77,16 +77,15 @@ def predict_task(
 
 
 def _markdown(rows: list[dict], model: dict) -> str:
+    from mtlgen.predict import interval_text
+
     lines = [f"# Follow-up predictions ({model['model_name']} v{model['version']})", ""]
     lines += [
-        "| patient | due | day | core volume (ml) | interval (ml) | status | prediction |",
+        "| patient | due | day | core volume (ml) | interval | status | prediction |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        low, high = r["core_volume_low_ml"], r["core_volume_high_ml"]
-        interval = "–" if low is None else f"{low:.2f}-{'∞' if high is None else f'{high:.2f}'}"
-        if r["interval_level"] is not None:
-            interval += f" ({r['interval_level']:.0%})"
+        interval = interval_text(r) or "–"
         lines.append(
             f"| {r['patient']} | {r['due']} | {r['target_days']:.0f} | {r['core_volume_ml']:.2f} | "
             f"{interval} | {r['status']} | "

@@ -45,6 +45,14 @@ def _interval(
     }
 
 
+def interval_text(row: Mapping) -> str:
+    """A summary row's interval as text, e.g. ``4.79-5.46 ml (80%)``; empty without one."""
+    low, high = row["core_volume_low_ml"], row["core_volume_high_ml"]
+    if low is None:
+        return ""
+    return f"{low:.2f}-{'inf' if high is None else f'{high:.2f}'} ml ({row['interval_level']:.0%})"
+
+
 def predict_followup(
     predictor: Predictor,
     patient: PatientSeries,
@@ -77,14 +85,12 @@ def predict_followup(
     write_text_atomic(
         folder / "prediction.json", json.dumps({**row, "model": dict(model)}, indent=2) + "\n"
     )
-    low, high = row["core_volume_low_ml"], row["core_volume_high_ml"]
-    interval = "" if low is None else f" ({low:.2f}-{'inf' if high is None else f'{high:.2f}'})"
     log.info(
-        "%s: day %.0f -> core %.2f ml%s, %s",
+        "%s: day %.0f -> core %.2f ml [%s], %s",
         patient.patient,
         target,
         row["core_volume_ml"],
-        interval,
+        interval_text(row) or "no interval",
         row["status"],
     )
     return row

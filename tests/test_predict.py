@@ -11,7 +11,7 @@ import pytest
 
 from mtlgen.evaluate.baselines import make_baseline
 from mtlgen.evaluate.intervals import VolumeCalibration
-from mtlgen.predict import predict_followup, predict_followups
+from mtlgen.predict import interval_text, predict_followup, predict_followups
 
 MODEL = {"model_name": "copy-last", "version": "0"}
 
@@ -75,12 +75,15 @@ def test_a_calibrated_predictor_writes_the_volume_interval(tmp_path, aligned_ser
         math.expm1(math.log1p(record["core_volume_ml"]) + half), abs=1e-4
     )
     assert record["interval_level"] == 0.8 and rows[0]["core_volume_low_ml"] > 0
+    low, high = record["core_volume_low_ml"], record["core_volume_high_ml"]
+    assert interval_text(record) == f"{low:.2f}-{high:.2f} ml (80%)"
     header = (tmp_path / "predictions.tsv").read_text().splitlines()[0].split("\t")
     assert {"core_volume_low_ml", "core_volume_high_ml", "interval_level"} <= set(header)
     plain = predict_followups(  # a predictor without a calibration: no interval, not a guess
         make_baseline("copy_last", 0.25, 0.25), aligned_series[:1], 360, tmp_path, MODEL, False
     )
     assert plain[0]["core_volume_low_ml"] is None and plain[0]["interval_level"] is None
+    assert interval_text(plain[0]) == ""
 
 
 def test_a_checkpoints_calibration_travels_with_it(tmp_path):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtlgen.config import Params
 from mtlgen.io.atomic import write_text_atomic
@@ -23,6 +23,10 @@ from mtlgen.track.privacy import source_ids
 from mtlgen.track.provenance import data_version, environment, file_sha256
 from mtlgen.track.registry import register_checkpoint
 from mtlgen.track.run import tracked_run
+
+if TYPE_CHECKING:
+    from mtlgen.data.series import PatientSeries
+    from mtlgen.data.splits import Split
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ def registered_version(checkpoint_dir: Path) -> dict[str, str] | None:
 
 
 def calibrate_trained(
-    params: Params, series: Sequence[Any], split: Any, checkpoint_dir: Path
+    params: Params, series: Sequence[PatientSeries], split: Split, checkpoint_dir: Path
 ) -> Path | None:
     """Calibrate a trained 3-D checkpoint's volume intervals on the split's validation patients
     and save them beside its weights (``calibration.json``), so that the registered model
