@@ -1,15 +1,15 @@
 """Calibrated intervals for a predicted lesion-core volume: split conformal prediction.
 
-The score of a calibration case is its log-volume error per year of horizon,
-``|log1p(true) - log1p(predicted)| / max(horizon, min_days)`` (volumes in mL; the horizon is the
-distance from the target to the nearest context visit): an error in a growth rate grows with
-the time it is extrapolated over. Calibration cases are the validation patients' cases, never
-the training or test patients'. Per group (case kind, and one against several context visits:
-a single visit has no trajectory) the radius is the ``ceil((n + 1) * level)``-th smallest of the
-group's ``n`` scores, and a case's interval is ``expm1(log1p(predicted) +- radius * horizon)``,
-clipped at 0. Exchangeable cases are then covered with probability >= ``level`` per group. A
-group with too few cases for a finite radius borrows its kind's scores, then every kind's; with
-too few of those too, the interval is unbounded.
+The score of a calibration case is its log-volume error per year of horizon, ``|log1p(true) -
+log1p(predicted)| / max(horizon, min_days)`` (volumes in mL; the horizon is the distance from
+the target to the nearest context visit): an error in a growth rate grows with the time it is
+extrapolated over. Calibration cases are the validation patients' cases, never the training or
+test patients'. Per group (case kind, and one against several context visits: a single visit has
+no trajectory) the radius is the ``ceil((n + 1) * level)``-th smallest of the group's ``n``
+scores, and a case's interval is ``expm1(log1p(predicted) +- radius * max(horizon, min_days))``
+(in years), clipped at 0. Exchangeable cases are then covered with probability >= ``level`` per
+group. A group with too few cases for a finite radius borrows its kind's scores, then every
+kind's; with too few of those too, the interval is unbounded.
 """
 
 from __future__ import annotations
@@ -48,6 +48,17 @@ def horizon_days(context_days: Iterable[float], target_days: float) -> float:
     return min(abs(target_days - d) for d in context_days)
 
 
+def horizon_years(horizon: float, min_days: float) -> float:
+    """The horizon in years, counted as at least ``min_days``."""
+    return max(horizon, min_days) / DAYS_PER_YEAR
+
+
+def score(case: VolumeCase, min_days: float) -> float:
+    """|log1p(true) - log1p(predicted)| per year of horizon."""
+    error = abs(math.log1p(case.true_ml) - math.log1p(case.predicted_ml))
+    return error / horizon_years(case.horizon_days, min_days)
+
+
 def conformal_radius(scores: Sequence[float], level: float) -> float | None:
     """The ``ceil((n + 1) * level)``-th smallest score; None (unbounded) when that exceeds n."""
     rank = math.ceil((len(scores) + 1) * level - 1e-9)
@@ -74,22 +85,14 @@ class VolumeCalibration:
         if bad:
             raise ValueError(f"interval radii must be >= 0, got {bad}")
 
-    def years(self, horizon: float) -> float:
-        return max(horizon, self.min_days) / DAYS_PER_YEAR
-
-    def score(self, case: VolumeCase) -> float:
-        error = abs(math.log1p(case.true_ml) - math.log1p(case.predicted_ml))
-        return error / self.years(case.horizon_days)
-
     @classmethod
     def fit(cls, cases: Sequence[VolumeCase], level: float, min_days: float) -> VolumeCalibration:
         """Radii of every group, kind and of all ``cases`` pooled."""
-        empty = cls(level, min_days, {})
         scored: dict[str, list[float]] = {ALL: []}
         for case in cases:
-            score = empty.score(case)
+            value = score(case, min_days)
             for key in (group_of(case.kind, case.context_visits), case.kind, ALL):
-                scored.setdefault(key, []).append(score)
+                scored.setdefault(key, []).append(value)
         radius = {key: conformal_radius(scores, level) for key, scores in scored.items()}
         return cls(level, min_days, radius, {key: len(s) for key, s in scored.items()})
 
@@ -107,7 +110,8 @@ class VolumeCalibration:
         radius = self.radius_for(kind, context_visits)
         if radius is None:
             return 0.0, math.inf
-        centre, half = math.log1p(max(predicted_ml, 0.0)), radius * self.years(horizon)
+        centre = math.log1p(max(predicted_ml, 0.0))
+        half = radius * horizon_years(horizon, self.min_days)
         return max(math.expm1(centre - half), 0.0), math.expm1(centre + half)
 
     def to_dict(self) -> dict:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtlgen.config import Params
-from mtlgen.data.series import VisitArrays
+from mtlgen.data.series import PatientSeries, VisitArrays
+from mtlgen.data.splits import Split
 from mtlgen.evaluate.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,42 @@ def load_predictors(checkpoints: Mapping[str, Path], device: str = "auto") -> li
         log.info("loading checkpoint %s from %s on %s", name, directory, device)
         loaded.append(NamedPredictor(name, load_predictor(directory, device=device)))
     return loaded
+
+
+def calibrate_checkpoint(
+    params: Params, series: Sequence[PatientSeries], split: Split, checkpoint_dir: Path
+) -> Path | None:
+    """Calibrate a trained 3-D checkpoint's volume intervals on the split's validation patients
+    and save them beside its weights (``calibration.json``), so that the registered model
+    carries them into ``mtlgen predict``. None (nothing written) without validation patients
+    or for a 2-D model."""
+    from mtlgen.evaluate.run import calibrate_volumes, select_series
+    from mtlgen.models.predictor import load_predictor
+
+    val_series = select_series(series, split.val, "validation")
+    if not val_series:
+        log.warning("no validation patients: %s gets no volume intervals", checkpoint_dir)
+        return None
+    try:
+        predictor = load_predictor(checkpoint_dir)
+    except ValueError as exc:  # a 2-D model answers slices, not the volumes a case needs
+        log.warning("%s: no volume intervals (%s)", checkpoint_dir, exc)
+        return None
+    calibration = calibrate_volumes(
+        [predictor],
+        val_series,
+        params.progression,
+        params.data.max_context,
+        params.data.reconstruction,
+    )[predictor.name]
+    path = calibration.save(checkpoint_dir)
+    log.info(
+        "volume intervals at level %g calibrated on %d validation cases -> %s",
+        calibration.level,
+        calibration.cases.get("all", 0),
+        path,
+    )
+    return path
 
 
 @dataclass(frozen=True)

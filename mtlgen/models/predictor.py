@@ -14,7 +14,7 @@ When the target is a context visit whose mask is not given (segmenting the curre
 model with the ``seg`` head answers mask and volume from that head.
 
 ``calibration`` is the checkpoint's volume-interval calibration (``calibration.json``, written
-after training by ``mtlgen.track.stage.calibrate_trained``), None if it has none.
+after training by ``mtlgen.evaluate.pipeline.calibrate_checkpoint``), None if it has none.
 """
 
 from __future__ import annotations

@@ -8,13 +8,12 @@ file's hash, and refuses anything that contains a source patient ID from the reg
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mtlgen.config import Params
 from mtlgen.io.atomic import write_text_atomic
@@ -23,12 +22,6 @@ from mtlgen.track.privacy import source_ids
 from mtlgen.track.provenance import data_version, environment, file_sha256
 from mtlgen.track.registry import register_checkpoint
 from mtlgen.track.run import tracked_run
-
-if TYPE_CHECKING:
-    from mtlgen.data.series import PatientSeries
-    from mtlgen.data.splits import Split
-
-log = logging.getLogger(__name__)
 
 REGISTERED = "registered.json"  # beside a checkpoint: the model name and version it became
 
@@ -105,52 +98,18 @@ def registered_version(checkpoint_dir: Path) -> dict[str, str] | None:
         raise ValueError(f"{path}: not a registration record ({exc})") from None
 
 
-def calibrate_trained(
-    params: Params, series: Sequence[PatientSeries], split: Split, checkpoint_dir: Path
-) -> Path | None:
-    """Calibrate a trained 3-D checkpoint's volume intervals on the split's validation patients
-    and save them beside its weights (``calibration.json``), so that the registered model
-    carries them into ``mtlgen predict``. None (nothing written) without validation patients
-    or for a 2-D model."""
-    from mtlgen.evaluate.run import calibrate_volumes, select_series
-    from mtlgen.models.predictor import load_predictor
-
-    val_series = select_series(series, split.val, "validation")
-    if not val_series:
-        log.warning("no validation patients: %s gets no volume intervals", checkpoint_dir)
-        return None
-    try:
-        predictor = load_predictor(checkpoint_dir)
-    except ValueError as exc:  # a 2-D model answers slices, not the volumes a case needs
-        log.warning("%s: no volume intervals (%s)", checkpoint_dir, exc)
-        return None
-    calibration = calibrate_volumes(
-        [predictor],
-        val_series,
-        params.progression,
-        params.data.max_context,
-        params.data.reconstruction,
-    )[predictor.name]
-    path = calibration.save(checkpoint_dir)
-    log.info(
-        "volume intervals at level %g calibrated on %d validation cases -> %s",
-        calibration.level,
-        calibration.cases.get("all", 0),
-        path,
-    )
-    return path
-
-
 def train_and_register(
     params: Params, out_dir: Path | None = None, resume: bool = True
 ) -> tuple[Any, str | None]:
-    """``train_model`` inside a tracked run, calibrate its best checkpoint's volume intervals
-    on the validation patients (``calibrate_trained``), then register it as candidate.
+    """``train_model`` inside a tracked run, calibrate its best checkpoint's volume intervals on
+    the validation patients (``mtlgen.evaluate.pipeline.calibrate_checkpoint``), then register
+    it as candidate.
 
     Returns the ``TrainResult`` and the registered version. Under torchrun only rank 0 tracks
     and registers (version None elsewhere).
     """
     from mtlgen.data.splits import load_split
+    from mtlgen.evaluate.pipeline import calibrate_checkpoint
     from mtlgen.registry.series import load_series
     from mtlgen.train.loop import train_model
 
@@ -167,7 +126,7 @@ def train_and_register(
         )
         version = None
         if run is not None:
-            calibrate_trained(params, series, split, result.checkpoint_dir)
+            calibrate_checkpoint(params, series, split, result.checkpoint_dir)
             version = register_trained(run, params, result.checkpoint_dir, params.train.task)
     return result, version
 
