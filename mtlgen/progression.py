@@ -1,4 +1,5 @@
-"""Progression status from lesion volumes: one rule for labels, baselines and models."""
+"""Progression status from lesion volumes: one rule for labels, baselines and models; and the
+year that every rate and horizon in mtlgen is measured in."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Literal
 
 Status = Literal["progressive", "stable", "responding"]
 STATUSES: tuple[Status, ...] = ("progressive", "stable", "responding")
+DAYS_PER_YEAR = 365.25  # days in a (Julian) year: rates are per year, visit dates in days
 
 
 def progression_status(

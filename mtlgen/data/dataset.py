@@ -22,9 +22,7 @@ from mtlgen.config import DataConfig
 from mtlgen.data.augment import sample_augmentation
 from mtlgen.data.samples import SampleSpec, enumerate_samples
 from mtlgen.data.series import PatientSeries, VisitArrays, load_visit
-from mtlgen.progression import STATUSES, progression_status
-
-DAYS_PER_YEAR = 365.25
+from mtlgen.progression import DAYS_PER_YEAR, STATUSES, progression_status
 
 
 def voxel_ml(affine: np.ndarray) -> float:

@@ -13,9 +13,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from mtlgen.data.dataset import DAYS_PER_YEAR, lesion_volumes_ml, reference_slot, voxel_ml
+from mtlgen.data.dataset import lesion_volumes_ml, reference_slot, voxel_ml
 from mtlgen.data.samples import enumerate_samples
 from mtlgen.data.series import PatientSeries
+from mtlgen.progression import DAYS_PER_YEAR
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlgen.io.atomic import write_text_atomic
+from mtlgen.progression import DAYS_PER_YEAR
 
 CALIBRATION_FILE = "calibration.json"  # beside a checkpoint's weights: its volume intervals
 ALL = "all"
-DAYS_PER_YEAR = 365.25
 
 
 @dataclass(frozen=True)

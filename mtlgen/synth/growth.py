@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 
-Course = Literal["progressive", "stable", "responding"]
-DAYS_PER_YEAR = 365.25
+from mtlgen.progression import DAYS_PER_YEAR, Status
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,7 @@ class GrowthLaw:
     Rates ``r`` and ``k`` are per year.
     """
 
-    course: Course
+    course: Status
     v0_ml: float
     carrying_capacity_ml: float
     growth_rate: float

@@ -17,8 +17,9 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from mtlgen.config import SynthConfig
+from mtlgen.progression import DAYS_PER_YEAR, Status
 from mtlgen.synth.anatomy import Anatomy, sample_volume
-from mtlgen.synth.growth import DAYS_PER_YEAR, Course, GrowthLaw
+from mtlgen.synth.growth import GrowthLaw
 
 CONTRASTS = ("T1w", "FLAIR")
 LABEL_CORE, LABEL_EDEMA = 1, 2
@@ -129,7 +130,7 @@ class PatientModel:
     @staticmethod
     def _draw_law(rng: np.random.Generator, cfg: SynthConfig) -> GrowthLaw:
         u = rng.uniform()
-        course: Course = (
+        course: Status = (
             "stable"
             if u < cfg.fraction_stable
             else "responding"
