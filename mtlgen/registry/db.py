@@ -2,11 +2,15 @@
 
 SQLite: WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` so that a writer takes the write
 lock at the start of its transaction and concurrent registrations queue instead of failing.
+Switching a new file to WAL takes an exclusive lock that SQLite's busy timeout does not wait
+for, so connections that open a new registry together retry the switch (``_use_wal``).
 PostgreSQL: plain transactions; uniqueness races are resolved by constraints and savepoints.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +21,30 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from mtlgen.registry.models import Base
+
+
+def _use_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
+    """Put the database file in WAL mode (a setting the file keeps), retrying with backoff for
+    up to ``timeout_s`` while another connection holds the lock the switch needs (SQLite
+    answers "database is locked" at once there, or returns the old mode)."""
+    deadline, delay = time.monotonic() + timeout_s, 0.01
+    cursor = connection.cursor()
+    try:
+        while True:
+            try:
+                if cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal":
+                    return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(
+                    f"database is locked: no WAL journal after {timeout_s:g} s of retries"
+                )
+            time.sleep(delay)
+            delay = min(2 * delay, 0.5)
+    finally:
+        cursor.close()
 
 
 def make_engine(url: str, sqlite_timeout_s: float = 120.0) -> Engine:
@@ -32,10 +60,8 @@ def make_engine(url: str, sqlite_timeout_s: float = 120.0) -> Engine:
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection, _record) -> None:
             dbapi_connection.isolation_level = None  # let SQLAlchemy emit BEGIN itself
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+            _use_wal(dbapi_connection, sqlite_timeout_s)
+            dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
         @event.listens_for(engine, "begin")
         def _begin(conn) -> None:
