@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 _PRINT = (
     "import flows, os; "
@@ -14,7 +15,12 @@ _PRINT = (
 
 def _settings(env: dict[str, str]) -> str:
     out = subprocess.run(
-        [sys.executable, "-c", _PRINT], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PRINT],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],  # the repository root, where flows/ is
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return out.stdout.strip()
 
