@@ -87,8 +87,12 @@ def rigid_align(
 ) -> Alignment:
     """Align ``moving`` (a raw follow-up scan) to ``fixed`` (the baseline reference on ``grid``).
 
-    Raises ``AlignmentFailed`` (one line) when SimpleITK cannot register the pair.
+    Raises ``AlignmentFailed`` (one line) when SimpleITK cannot register the pair. Reproducible:
+    the metric is sampled with a fixed seed and ITK runs on one thread (its multi-threaded sums
+    change the last bits run to run, and the optimiser carries them into the pose); patients are
+    registered in parallel instead (``flows.register``).
     """
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
         return _register(
             to_sitk(fixed, grid.affine), to_sitk(moving.data, moving.affine), cfg, seed
@@ -111,7 +115,7 @@ def _register(
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.align_bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(cfg.align_sampling, seed)
+    reg.SetMetricSamplingPercentage(cfg.align_sampling, seed + 1)  # ITK reads 0 as the clock
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0,
