@@ -61,10 +61,10 @@ def main() -> None:
 
     from mtlgen.config import load_config
     from mtlgen.data.dataset import encode_context, lesion_volumes_ml
-    from mtlgen.data.series import load_visit
     from mtlgen.data.splits import load_split, make_split
     from mtlgen.evaluate.predictor import Prediction
     from mtlgen.evaluate.run import case_metrics, case_specs, case_truth
+    from mtlgen.io.series import load_visit
     from mtlgen.models.checkpoint import load_checkpoint
     from mtlgen.models.mtl_net import TASKS, class_channels, reference_image
     from mtlgen.models.priors import class_mean_change, sized_label, stable_tissue_mean

@@ -20,8 +20,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import load_params
 from mtlgen.config import Params
-from mtlgen.data.series import PatientSeries
 from mtlgen.ids import check_token
+from mtlgen.io.series import PatientSeries
 from mtlgen.orchestration.followup import (
     FollowUp,
     due_follow_ups,

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mtlgen.data.series import PatientSeries, load_visit
 from mtlgen.evaluate.intervals import VolumeCalibration
 from mtlgen.evaluate.predictor import Prediction, Predictor
 from mtlgen.ids import check_token
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.nifti import save_nifti
+from mtlgen.io.series import PatientSeries, load_visit
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mtlgen.config import SynthConfig
-from mtlgen.data.series import PatientSeries, VisitVolumes
 from mtlgen.io.nifti import save_nifti
+from mtlgen.io.series import PatientSeries, VisitVolumes
 from mtlgen.synth.cohort import write_cohort
 
 SYNTH_SEED = 7

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from mtlgen.data.dataset import encode_context
-from mtlgen.data.series import VisitArrays
 from mtlgen.evaluate.baselines import (
     CopyLast,
     VolumeExtrapolation,
@@ -16,6 +15,7 @@ from mtlgen.evaluate.baselines import (
     reference_visit,
 )
 from mtlgen.evaluate.metrics import brain_region, dice, region_mae
+from mtlgen.io.series import VisitArrays
 from mtlgen.models.mtl_net import reference_image
 
 AFFINE = np.eye(4)  # 1 mm voxels: 1000 voxels = 1 mL

@@ -10,7 +10,6 @@ import pytest
 
 from mtlgen.config import EvaluateConfig, ProgressionConfig
 from mtlgen.data.samples import enumerate_samples
-from mtlgen.data.series import load_visit
 from mtlgen.data.splits import Split
 from mtlgen.evaluate.baselines import make_baseline
 from mtlgen.evaluate.predictor import Prediction
@@ -22,6 +21,7 @@ from mtlgen.evaluate.run import (
     seed_groups,
     write_metrics,
 )
+from mtlgen.io.series import load_visit
 from mtlgen.progression import progression_status
 
 PROGRESSION = ProgressionConfig()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mtlgen.config import ConfigError, load_config
-from mtlgen.data.series import PatientSeries, VisitVolumes
+from mtlgen.io.series import PatientSeries, VisitVolumes
 from mtlgen.io.sources import PatientSource, ScanSource, VisitSource
 from mtlgen.orchestration.cron import check_cron
 from mtlgen.orchestration.followup import due_follow_ups, follow_up_at, next_visit_due

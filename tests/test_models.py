@@ -13,7 +13,7 @@ from torch.utils.data import default_collate
 
 from mtlgen.config import DataConfig
 from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
-from mtlgen.data.series import load_visit
+from mtlgen.io.series import load_visit
 from mtlgen.models.blocks import HEAD_SLOPE, PointwiseHead, upsample_linear
 from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, class_labels, reference_image

@@ -179,7 +179,7 @@ RUNNER = textwrap.dedent(
     from pathlib import Path
     import torch
     from mtlgen.config import load_config
-    from mtlgen.data.series import PatientSeries, VisitVolumes
+    from mtlgen.io.series import PatientSeries, VisitVolumes
     from mtlgen.data.splits import load_split
     from mtlgen.train.loop import train_model
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from mtlgen.config import DataConfig
 from mtlgen.data.augment import sample_augmentation
 from mtlgen.data.samples import SampleSpec, enumerate_samples
-from mtlgen.data.series import PatientSeries, VisitArrays, load_visit
+from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.progression import DAYS_PER_YEAR, STATUSES, progression_status
 
 

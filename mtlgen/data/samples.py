@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from mtlgen.data.series import PatientSeries
+from mtlgen.io.series import PatientSeries
 
 SampleKind = Literal["future", "reconstruction"]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mtlgen.config import Params
 from mtlgen.io.atomic import write_text_atomic
+from mtlgen.registry.series import load_series
 
 SPLITS = ("train", "val", "test")
 
@@ -86,8 +87,6 @@ def load_split(path: Path | str) -> Split:
 
 def split_registry(params: Params, path: Path | str | None = None) -> tuple[Split, Path]:
     """Split the registry's patients by ``params.data`` and save it (default ``data.split_file``)."""
-    from mtlgen.registry.series import load_series
-
     patients = [s.patient for s in load_series(params.registry.url, params.registry.sqlite_timeout_s)]
     if not patients:
         raise ValueError(f"registry {params.registry.url} has no patients: register scans first")

@@ -15,7 +15,7 @@ import torch
 
 from mtlgen.data.dataset import lesion_volumes_ml, reference_slot, voxel_ml
 from mtlgen.data.samples import enumerate_samples
-from mtlgen.data.series import PatientSeries
+from mtlgen.io.series import PatientSeries
 from mtlgen.progression import DAYS_PER_YEAR
 
 

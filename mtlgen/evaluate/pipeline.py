@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtlgen.config import Params
-from mtlgen.data.series import PatientSeries, VisitArrays
 from mtlgen.data.splits import Split
 from mtlgen.evaluate.predictor import Prediction, Predictor
+from mtlgen.io.series import PatientSeries, VisitArrays
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mtlgen.data.series import VisitArrays
+from mtlgen.io.series import VisitArrays
 from mtlgen.progression import Status
 
 

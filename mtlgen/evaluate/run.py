@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from mtlgen.config import EvaluateConfig, ProgressionConfig
 from mtlgen.data.samples import enumerate_samples
-from mtlgen.data.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.data.splits import Split
 from mtlgen.evaluate.baselines import reference_visit
 from mtlgen.evaluate.intervals import VolumeCalibration, VolumeCase, horizon_days, interval_scores
@@ -49,6 +48,7 @@ from mtlgen.evaluate.metrics import (
 from mtlgen.evaluate.predictor import Prediction, Predictor
 from mtlgen.ids import check_token
 from mtlgen.io.atomic import write_text_atomic
+from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.progression import STATUSES, Status, progression_status
 
 log = logging.getLogger(__name__)

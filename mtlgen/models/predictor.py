@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from mtlgen.data.dataset import encode_context, lesion_volumes_ml, reference_slot, voxel_ml
-from mtlgen.data.series import VisitArrays
 from mtlgen.evaluate.intervals import VolumeCalibration, load_calibration
 from mtlgen.evaluate.predictor import Prediction
+from mtlgen.io.series import VisitArrays
 from mtlgen.models.checkpoint import load_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
 from mtlgen.progression import progression_status

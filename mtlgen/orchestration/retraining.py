@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtlgen.config import TrackingConfig
-from mtlgen.data.series import PatientSeries
 from mtlgen.io.atomic import write_text_atomic
+from mtlgen.io.series import PatientSeries
 
 VisitKey = tuple[str, str]
 

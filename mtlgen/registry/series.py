@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from mtlgen.data.series import PatientSeries, VisitVolumes
+from mtlgen.io.series import PatientSeries, VisitVolumes
 from mtlgen.registry.db import session_scope
 from mtlgen.registry.models import CURRENT, Label, Patient, Scan, Visit
 

@@ -36,10 +36,10 @@ from tqdm import tqdm
 
 from mtlgen.config import Params
 from mtlgen.data.dataset import LongitudinalDataset
-from mtlgen.data.series import PatientSeries
 from mtlgen.data.splits import Split
 from mtlgen.data.trajectories import volume_trajectories
 from mtlgen.io.atomic import write_text_atomic
+from mtlgen.io.series import PatientSeries
 from mtlgen.losses.affinity import gradient_cosine, write_affinity
 from mtlgen.losses.pcgrad import pcgrad
 from mtlgen.losses.tasks import task_losses

@@ -38,7 +38,8 @@ class PatientSeries:
 
 @dataclass(frozen=True)
 class VisitArrays:
-    """A visit loaded into memory: ``images`` [contrast -> float32 array], ``label`` uint8 or None."""
+    """A visit loaded into memory: ``images`` [contrast -> float32 array], ``label`` uint8 or
+    None."""
 
     visit: str
     days: float
