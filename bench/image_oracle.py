@@ -7,7 +7,7 @@ label error: it composes the change from the *true* target label, with the base 
 reference visit's image (copy-last) or the stable-tissue mean of the context visits
 (``stable_tissue_mean``), at several point spreads (on the stable-tissue base also with the
 blurred change kept to the voxels whose label changes), and scores every variant with the
-evaluation's own changing-region image MAE (``mtlgen.evaluate.run.case_metrics``). What stays
+evaluation's own changing-region image MAE (``mtlgen.evaluate.scores.case_metrics``). What stays
 is the part no label can explain: scan noise, the follow-up's own intensity drift, tissue moved
 by mass effect and atrophy, and partial-volume edges. One more variant keeps the model's own
 label rule (``priors.sized_label`` from the reference lesion) but gives it the TRUE volumes:
@@ -60,15 +60,16 @@ def main() -> None:
     import torch
 
     from mtlgen.config import load_config
-    from mtlgen.data.dataset import encode_context, lesion_volumes_ml
+    from mtlgen.data.dataset import encode_context
     from mtlgen.data.splits import load_split, make_split
-    from mtlgen.evaluate.predictor import Prediction
-    from mtlgen.evaluate.run import case_metrics, case_specs, case_truth
+    from mtlgen.evaluate.cases import case_specs, case_truth
+    from mtlgen.evaluate.scores import case_metrics
+    from mtlgen.inference.prediction import Prediction
     from mtlgen.io.series import load_visit
     from mtlgen.models.checkpoint import load_checkpoint
     from mtlgen.models.mtl_net import TASKS, class_channels, reference_image
     from mtlgen.models.priors import class_mean_change, sized_label, stable_tissue_mean
-    from mtlgen.progression import STATUSES
+    from mtlgen.progression import STATUSES, lesion_volumes_ml
     from mtlgen.registry.series import load_series
 
     params = load_config(args.params)

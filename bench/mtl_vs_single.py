@@ -52,10 +52,9 @@ def _lane(args: tuple) -> dict:
     params, series, split, seed, tasks, out, threads = args
     import torch
 
-    from mtlgen.evaluate.baselines import make_baseline
-    from mtlgen.evaluate.pipeline import NamedPredictor
     from mtlgen.evaluate.run import evaluate_predictors
-    from mtlgen.models.predictor import load_predictor
+    from mtlgen.inference.baselines import make_baseline
+    from mtlgen.inference.model import NamedPredictor, load_predictor
     from mtlgen.train.loop import train_model
 
     torch.set_num_threads(threads)
@@ -137,7 +136,7 @@ INTERVAL_METRICS = ("volume_interval_coverage", "volume_interval_width_ml", "vol
 
 
 def _interval_table(seeds_of, level: float) -> dict:
-    """Calibrated volume intervals (``mtlgen.evaluate.intervals``) of MTL and the baselines on
+    """Calibrated volume intervals (``mtlgen.inference.intervals``) of MTL and the baselines on
     future and reconstruction cases, means over seeds, and MTL's interval score / the best
     baseline's; printed, and returned as {kind: {predictor: {metric: mean}, ratio}}."""
     print(f"volume intervals at level {level:g} (mean over seeds): coverage / width ml / score")

@@ -3,8 +3,8 @@
 By default for every patient whose next visit is due within ``flows.predict_window_days`` of
 ``as_of`` (today); or for the given ``patients`` (pseudonyms) at ``target_date`` (or their due
 date). Each prediction is written to ``<flows.predict_out_dir>/<patient>/<due-date>/`` by
-``mtlgen.predict.predict_followup``, so a patient's predictions sit together, one folder per due
-date; a markdown artifact ``follow-up-predictions`` shows a thumbnail per patient.
+``mtlgen.inference.followup.predict_followup``, so a patient's predictions sit together, one
+folder per due date; a markdown artifact ``follow-up-predictions`` shows a thumbnail per patient.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def predict_task(
 ) -> dict:
     """Predict one patient's follow-up; return its summary row and a PNG thumbnail (base64)."""
     from mtlgen.ids import check_token
+    from mtlgen.inference.followup import predict_followup
     from mtlgen.orchestration.thumbnail import thumbnail_png
-    from mtlgen.predict import predict_followup
 
     folder = (
         Path(out_root)
@@ -77,7 +77,7 @@ def predict_task(
 
 
 def _markdown(rows: list[dict], model: dict) -> str:
-    from mtlgen.predict import interval_text
+    from mtlgen.inference.followup import interval_text
 
     lines = [f"# Follow-up predictions ({model['model_name']} v{model['version']})", ""]
     lines += [
@@ -103,7 +103,7 @@ def predict_follow_ups(
     overrides: list[str] | None = None,
 ) -> list[dict]:
     """Predict follow-ups with the champion (see module doc); returns one row per patient."""
-    from mtlgen.models.predictor import load_predictor
+    from mtlgen.inference.model import load_predictor
     from mtlgen.registry.series import load_series
     from mtlgen.track.registry import CHAMPION, download_checkpoint
 

@@ -464,8 +464,8 @@ def predict(
     """
     import tempfile
 
-    from mtlgen.models.predictor import load_predictor
-    from mtlgen.predict import predict_followups
+    from mtlgen.inference.followup import predict_followups
+    from mtlgen.inference.model import load_predictor
     from mtlgen.registry.series import load_series
     from mtlgen.track.registry import download_checkpoint
     from mtlgen.track.run import TrackingUnavailable

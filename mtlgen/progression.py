@@ -1,13 +1,36 @@
-"""Progression status from lesion volumes: one rule for labels, baselines and models; and the
-year that every rate and horizon in mtlgen is measured in."""
+"""Quantified progression: lesion volumes from a label map, the progression status from two
+volumes (one rule for labels, baselines and models), and the year that every rate and horizon in
+mtlgen is measured in."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 Status = Literal["progressive", "stable", "responding"]
 STATUSES: tuple[Status, ...] = ("progressive", "stable", "responding")
 DAYS_PER_YEAR = 365.25  # days in a (Julian) year: rates are per year, visit dates in days
+
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in mL (|det| of the affine's 3x3 part, mm^3 / 1000)."""
+    det = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
+    if not det > 0:
+        raise ValueError(f"degenerate affine (determinant {det}): voxel volume undefined")
+    return det / 1000.0
+
+
+def label_volume_ml(label: np.ndarray, affine: np.ndarray, value: int = 1) -> float:
+    """Volume in mL of the voxels equal to ``value`` (default 1, lesion core)."""
+    return int(np.count_nonzero(np.asarray(label) == value)) * voxel_volume_ml(affine)
+
+
+def lesion_volumes_ml(label: np.ndarray, voxel_ml: float) -> tuple[float, float]:
+    """(core, whole lesion = core + edema) volume in mL of a label map (0 background, 1 core,
+    2 edema) with voxels of ``voxel_ml`` mL."""
+    core = float((label == 1).sum()) * voxel_ml
+    return core, float((label > 0).sum()) * voxel_ml
 
 
 def progression_status(

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mtlgen.data.dataset import encode_context
-from mtlgen.evaluate.baselines import (
+from mtlgen.evaluate.metrics import brain_region, dice, region_mae
+from mtlgen.inference.baselines import (
     CopyLast,
     VolumeExtrapolation,
     carried_images,
@@ -14,7 +15,6 @@ from mtlgen.evaluate.baselines import (
     make_baseline,
     reference_visit,
 )
-from mtlgen.evaluate.metrics import brain_region, dice, region_mae
 from mtlgen.io.series import VisitArrays
 from mtlgen.models.mtl_net import reference_image
 

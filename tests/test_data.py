@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from mtlgen.config import DataConfig
-from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
+from mtlgen.data.dataset import LongitudinalDataset
 from mtlgen.data.splits import load_split, make_split, save_split
 from mtlgen.data.trajectories import volume_trajectories
 from mtlgen.io.series import PatientSeries, load_visit
-from mtlgen.progression import STATUSES, progression_status
+from mtlgen.progression import STATUSES, lesion_volumes_ml, progression_status
 
 INC = DEC = 0.25
 

@@ -143,8 +143,8 @@ def test_full_pipeline_tracks_registers_promotes_and_reruns_only_training(
     import numpy as np
 
     from mtlgen.config import TrackingConfig
+    from mtlgen.inference.model import load_predictor
     from mtlgen.io.series import load_visit
-    from mtlgen.models.predictor import load_predictor
     from mtlgen.registry.series import load_series
     from mtlgen.track.registry import download_checkpoint
 

@@ -11,16 +11,12 @@ import pytest
 from mtlgen.config import EvaluateConfig, ProgressionConfig
 from mtlgen.data.samples import enumerate_samples
 from mtlgen.data.splits import Split
-from mtlgen.evaluate.baselines import make_baseline
-from mtlgen.evaluate.predictor import Prediction
+from mtlgen.evaluate.aggregate import primary_scores, seed_groups
 from mtlgen.evaluate.report import write_report
-from mtlgen.evaluate.run import (
-    METRICS,
-    evaluate_predictors,
-    primary_scores,
-    seed_groups,
-    write_metrics,
-)
+from mtlgen.evaluate.run import evaluate_predictors, write_metrics
+from mtlgen.evaluate.scores import METRICS
+from mtlgen.inference.baselines import make_baseline
+from mtlgen.inference.prediction import Prediction
 from mtlgen.io.series import load_visit
 from mtlgen.progression import progression_status
 
@@ -321,7 +317,7 @@ def test_seed_groups_summarise_over_seeds():
 def test_a_model_checkpoint_is_evaluated_under_its_configured_name(aligned_series, tmp_path):
     import torch
 
-    from mtlgen.evaluate.pipeline import load_predictors
+    from mtlgen.inference.model import load_predictors
     from mtlgen.models.checkpoint import save_checkpoint
     from mtlgen.models.mtl_net import MultiTaskNet
 

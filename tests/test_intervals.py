@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from mtlgen.evaluate.intervals import (
+from mtlgen.inference.intervals import (
     CALIBRATION_FILE,
     VolumeCalibration,
     VolumeCase,

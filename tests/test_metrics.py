@@ -10,7 +10,6 @@ from mtlgen.evaluate.metrics import (
     changing_region,
     dice,
     hd95,
-    label_volume_ml,
     region_mae,
     region_nanmean,
     region_psnr,
@@ -18,8 +17,8 @@ from mtlgen.evaluate.metrics import (
     status_scores,
     volume_errors,
     voxel_spacing_mm,
-    voxel_volume_ml,
 )
+from mtlgen.progression import label_volume_ml, voxel_volume_ml
 
 SHAPE = (12, 12, 12)
 

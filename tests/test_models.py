@@ -12,13 +12,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import default_collate
 
 from mtlgen.config import DataConfig
-from mtlgen.data.dataset import LongitudinalDataset, lesion_volumes_ml
+from mtlgen.data.dataset import LongitudinalDataset
+from mtlgen.inference.model import load_predictor
 from mtlgen.io.series import load_visit
 from mtlgen.models.blocks import HEAD_SLOPE, PointwiseHead, upsample_linear
 from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, class_labels, reference_image
-from mtlgen.models.predictor import load_predictor
 from mtlgen.models.sharing import HardTrunk, MtanTrunk, SoftTrunk
+from mtlgen.progression import lesion_volumes_ml
 
 SMALL = {"features": (4, 8, 16), "time_dim": 8, "heads": 2}
 

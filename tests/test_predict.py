@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mtlgen.evaluate.baselines import make_baseline
-from mtlgen.evaluate.intervals import VolumeCalibration
-from mtlgen.predict import interval_text, predict_followup, predict_followups
+from mtlgen.inference.baselines import make_baseline
+from mtlgen.inference.followup import interval_text, predict_followup, predict_followups
+from mtlgen.inference.intervals import VolumeCalibration
 
 MODEL = {"model_name": "copy-last", "version": "0"}
 
@@ -89,9 +89,9 @@ def test_a_calibrated_predictor_writes_the_volume_interval(tmp_path, aligned_ser
 def test_a_checkpoints_calibration_travels_with_it(tmp_path):
     import torch
 
+    from mtlgen.inference.model import load_predictor
     from mtlgen.models.checkpoint import save_checkpoint
     from mtlgen.models.mtl_net import MultiTaskNet
-    from mtlgen.models.predictor import load_predictor
 
     torch.manual_seed(0)
     kwargs = {"max_context": 2, "features": [4, 8, 16], "time_dim": 8, "heads": 2}

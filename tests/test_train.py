@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from mtlgen.config import load_config
 from mtlgen.data.splits import Split
 from mtlgen.data.trajectories import volume_trajectories
-from mtlgen.models.predictor import load_predictor
+from mtlgen.inference.model import load_predictor
 from mtlgen.models.priors import fit_gompertz
 
 TINY = [

@@ -22,17 +22,13 @@ from mtlgen.config import DataConfig
 from mtlgen.data.augment import sample_augmentation
 from mtlgen.data.samples import SampleSpec, enumerate_samples
 from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
-from mtlgen.progression import DAYS_PER_YEAR, STATUSES, progression_status
-
-
-def voxel_ml(affine: np.ndarray) -> float:
-    return float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-
-
-def lesion_volumes_ml(label: np.ndarray, vox_ml: float) -> tuple[float, float]:
-    """(core, whole lesion = core + edema) volume in ml."""
-    core = float((label == 1).sum()) * vox_ml
-    return core, float((label > 0).sum()) * vox_ml
+from mtlgen.progression import (
+    DAYS_PER_YEAR,
+    STATUSES,
+    lesion_volumes_ml,
+    progression_status,
+    voxel_volume_ml,
+)
 
 
 def reference_slot(context_days: Sequence[float], target_days: float) -> int:
@@ -97,7 +93,7 @@ def encode_context(
         "visit_valid": torch.from_numpy(valid),
         "years": torch.from_numpy(years),
         "ref_slot": torch.tensor(ref),
-        "voxel_ml": torch.tensor(voxel_ml(visits[0].affine), dtype=torch.float32),
+        "voxel_ml": torch.tensor(voxel_volume_ml(visits[0].affine), dtype=torch.float32),
         "slice_z": torch.tensor(-1 if slice_z is None else slice_z),
     }
 

@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from mtlgen.data.dataset import lesion_volumes_ml, reference_slot, voxel_ml
+from mtlgen.data.dataset import reference_slot
 from mtlgen.data.samples import enumerate_samples
 from mtlgen.io.series import PatientSeries
-from mtlgen.progression import DAYS_PER_YEAR
+from mtlgen.progression import DAYS_PER_YEAR, lesion_volumes_ml, voxel_volume_ml
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def volume_trajectories(series: Sequence[PatientSeries], max_context: int) -> Tr
         ml = []
         for visit in patient.visits:
             label = nib.load(visit.label)
-            ml.append(lesion_volumes_ml(np.asarray(label.dataobj), voxel_ml(label.affine)))
+            ml.append(lesion_volumes_ml(np.asarray(label.dataobj), voxel_volume_ml(label.affine)))
         for spec in enumerate_samples(patient, max_context, reconstruction=False):
             target_days = patient.visits[spec.target].days
             days = [patient.visits[i].days for i in spec.context]

@@ -29,19 +29,6 @@ def voxel_spacing_mm(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
-def voxel_volume_ml(affine: np.ndarray) -> float:
-    """Volume of one voxel in mL (|det| of the affine's 3x3 part, mm^3 / 1000)."""
-    det = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
-    if not det > 0:
-        raise ValueError(f"degenerate affine (determinant {det}): voxel volume undefined")
-    return det / 1000.0
-
-
-def label_volume_ml(label: np.ndarray, affine: np.ndarray, value: int = 1) -> float:
-    """Volume in mL of the voxels equal to ``value`` (default 1, lesion core)."""
-    return int(np.count_nonzero(np.asarray(label) == value)) * voxel_volume_ml(affine)
-
-
 def _as_batch(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 

@@ -11,9 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mtlgen.evaluate.baselines import BASELINES
-from mtlgen.evaluate.predictor import Prediction
-from mtlgen.evaluate.run import KINDS, METRICS, CaseTruth
+from mtlgen.evaluate.cases import KINDS, CaseTruth
+from mtlgen.evaluate.scores import METRICS
+from mtlgen.inference.baselines import BASELINES
+from mtlgen.inference.prediction import Prediction
 from mtlgen.io.atomic import write_atomic, write_text_atomic
 
 
@@ -152,7 +153,7 @@ def _calibration_table(metrics: dict) -> list[str]:
         f"## Volume intervals: calibration on {len(metrics['meta']['calibration_patients'])} "
         "validation patients",
         "",
-        "Split conformal (`mtlgen.evaluate.intervals`): an interval is "
+        "Split conformal (`mtlgen.inference.intervals`): an interval is "
         "expm1(log1p(predicted mL) ± radius × max(horizon, min_days) in years). Radius per "
         "group (validation cases); – where too few cases give no finite radius (the case "
         "borrows its kind's, then the pooled one).",

@@ -192,7 +192,7 @@ def promote_evaluated(
 ) -> Decision:
     """Apply the rule to model version ``ref`` with the primary metrics that ``predictor`` scored
     in ``evaluation`` (a ``metrics.json`` of ``mtlgen evaluate``), on that evaluation's split."""
-    from mtlgen.evaluate.run import primary_scores
+    from mtlgen.evaluate.aggregate import primary_scores
 
     primary = {m.metric: m.direction for m in params.evaluate.primary_metrics}
     scores = primary_scores(dict(evaluation), predictor, params.evaluate)

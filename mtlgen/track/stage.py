@@ -102,14 +102,14 @@ def train_and_register(
     params: Params, out_dir: Path | None = None, resume: bool = True
 ) -> tuple[Any, str | None]:
     """``train_model`` inside a tracked run, calibrate its best checkpoint's volume intervals on
-    the validation patients (``mtlgen.evaluate.pipeline.calibrate_checkpoint``), then register
+    the validation patients (``mtlgen.evaluate.calibration.calibrate_checkpoint``), then register
     it as candidate.
 
     Returns the ``TrainResult`` and the registered version. Under torchrun only rank 0 tracks
     and registers (version None elsewhere).
     """
     from mtlgen.data.splits import load_split
-    from mtlgen.evaluate.pipeline import calibrate_checkpoint
+    from mtlgen.evaluate.calibration import calibrate_checkpoint
     from mtlgen.registry.series import load_series
     from mtlgen.train.loop import train_model
 

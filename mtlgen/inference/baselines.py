@@ -22,10 +22,9 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from mtlgen.evaluate.metrics import label_volume_ml
-from mtlgen.evaluate.predictor import Prediction, Predictor
+from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.io.series import VisitArrays
-from mtlgen.progression import progression_status
+from mtlgen.progression import label_volume_ml, progression_status
 
 log = logging.getLogger(__name__)
 

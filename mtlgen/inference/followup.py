@@ -4,7 +4,7 @@ patient's last one, written on the model grid (the patient's baseline-aligned gr
 Per patient: ``<out_dir>/<pseudonym>/<contrast>.nii.gz`` (predicted images), ``label.nii.gz``
 (0 background, 1 lesion core, 2 edema) and ``prediction.json`` (target day, core volume and its
 calibrated interval, status, the model that made it); ``<out_dir>/predictions.tsv`` sums them
-up. The interval comes from the predictor's ``calibration`` (``mtlgen.evaluate.intervals``);
+up. The interval comes from the predictor's ``calibration`` (``mtlgen.inference.intervals``);
 its bounds are empty for a predictor without one, the upper one where it is unbounded.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mtlgen.evaluate.intervals import VolumeCalibration
-from mtlgen.evaluate.predictor import Prediction, Predictor
 from mtlgen.ids import check_token
+from mtlgen.inference.intervals import VolumeCalibration
+from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.nifti import save_nifti
 from mtlgen.io.series import PatientSeries, load_visit

@@ -1,4 +1,4 @@
-"""Checkpoint -> ``Predictor`` (the protocol of ``mtlgen.evaluate.predictor``).
+"""Checkpoint -> ``Predictor`` (the protocol of ``mtlgen.inference.prediction``).
 
 A multi-task checkpoint answers every field from its heads: the future mask is the network's
 ``future_label`` (the future-segmentation head's map sized by the progression head's volumes,
@@ -14,24 +14,28 @@ When the target is a context visit whose mask is not given (segmenting the curre
 model with the ``seg`` head answers mask and volume from that head.
 
 ``calibration`` is the checkpoint's volume-interval calibration (``calibration.json``, written
-after training by ``mtlgen.evaluate.pipeline.calibrate_checkpoint``), None if it has none.
+after training by ``mtlgen.evaluate.calibration.calibrate_checkpoint``), None if it has none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtlgen.data.dataset import encode_context, lesion_volumes_ml, reference_slot, voxel_ml
-from mtlgen.evaluate.intervals import VolumeCalibration, load_calibration
-from mtlgen.evaluate.predictor import Prediction
+from mtlgen.data.dataset import encode_context, reference_slot
+from mtlgen.inference.intervals import VolumeCalibration, load_calibration
+from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.io.series import VisitArrays
 from mtlgen.models.checkpoint import load_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
-from mtlgen.progression import progression_status
+from mtlgen.progression import lesion_volumes_ml, progression_status, voxel_volume_ml
+
+log = logging.getLogger(__name__)
 
 
 class ModelPredictor:
@@ -65,7 +69,7 @@ class ModelPredictor:
         out = self.model(batch)
         tasks = self.model.tasks
         ref = context[reference_slot([v.days for v in context], target_days)]
-        vox = voxel_ml(ref.affine)
+        vox = voxel_volume_ml(ref.affine)
 
         ref_label = out["ref_label"][0].cpu().numpy().astype(np.uint8)
         ref_core, _ = lesion_volumes_ml(ref_label, vox)
@@ -102,3 +106,35 @@ def load_predictor(checkpoint_dir: Path | str, device: str = "cpu") -> ModelPred
     if "contrasts" not in meta:
         raise ValueError(f"{checkpoint_dir}/config.json: meta.contrasts missing")
     return ModelPredictor(model, meta, device, load_calibration(checkpoint_dir))
+
+
+@dataclass
+class NamedPredictor:
+    """A loaded model under the name it was configured with (the name in metrics.json)."""
+
+    name: str
+    model: Predictor
+
+    @property
+    def segments(self) -> bool:
+        """Whether the model answers ``current`` (segmentation) cases."""
+        return getattr(self.model, "segments", True)
+
+    def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
+        return self.model.predict(context, target_days)
+
+
+def load_predictors(checkpoints: Mapping[str, Path], device: str = "auto") -> list[Predictor]:
+    """Load each configured checkpoint (name -> folder) under its configured name, on ``device``
+    (``auto``: CUDA when present)."""
+    if not checkpoints:
+        return []
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("evaluate.device: cuda requested but no CUDA device is available")
+    loaded = []
+    for name, directory in checkpoints.items():
+        log.info("loading checkpoint %s from %s on %s", name, directory, device)
+        loaded.append(NamedPredictor(name, load_predictor(directory, device=device)))
+    return loaded
