@@ -93,8 +93,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from mtlgen.config import load_config
-    from mtlgen.registry.accuracy import alignment_errors
-    from mtlgen.registry.register import register_source
+    from mtlgen.register.accuracy import alignment_errors
+    from mtlgen.register.run import register_source
 
     params = load_config(args.params)
     with tempfile.TemporaryDirectory(prefix="mtlgen-bench-register-") as tmp:

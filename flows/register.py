@@ -19,7 +19,8 @@ from prefect.states import Failed, State
 from flows.runtime import load_params, task_runner
 from mtlgen.config import Params
 from mtlgen.ids import InvalidIdentifier, check_token
-from mtlgen.io.sources import PatientSource, discover
+from mtlgen.io.source_types import PatientSource
+from mtlgen.io.sources import discover
 from mtlgen.orchestration.register_report import (
     PatientOutcome,
     outcome_of,
@@ -27,8 +28,8 @@ from mtlgen.orchestration.register_report import (
     summary_line,
     summary_rows,
 )
+from mtlgen.register.run import register_patient
 from mtlgen.registry.pseudonym import load_key, pseudonymise
-from mtlgen.registry.register import register_patient
 
 ARTIFACT_KEY = "registration-summary"
 

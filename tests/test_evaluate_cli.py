@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from mtlgen.cli import app
 from mtlgen.data.splits import make_split, save_split
-from mtlgen.registry.register import register_source
+from mtlgen.register.run import register_source
 from mtlgen.registry.series import load_series
 
 

@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from mtlgen.cli import app
-from mtlgen.registry.accuracy import alignment_errors
+from mtlgen.register.accuracy import alignment_errors
+from mtlgen.register.run import register_source
 from mtlgen.registry.db import session_scope
 from mtlgen.registry.models import Label, Patient, PatientId, Rejection, Result, Scan, Visit
-from mtlgen.registry.register import register_source
 from mtlgen.registry.series import load_series
 
 

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from mtlgen.cli import app
 from mtlgen.io.nifti import save_nifti
+from mtlgen.register.run import register_source
 from mtlgen.registry.db import session_scope
 from mtlgen.registry.models import Rejection, Scan
-from mtlgen.registry.register import register_source
 
 # case -> (file name used by the case, fragment of the recorded reason)
 CASES = {

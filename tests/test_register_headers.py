@@ -21,9 +21,9 @@ from sqlalchemy import select
 from mtlgen.io.validate import Volume, read_volume
 from mtlgen.preprocess.grid import Grid
 from mtlgen.preprocess.resample import resample_to_grid
+from mtlgen.register.run import register_source
 from mtlgen.registry.db import session_scope
 from mtlgen.registry.models import Rejection, Result, Scan
-from mtlgen.registry.register import register_source
 
 ANATOMICAL = Path(nib.__file__).parent / "tests/data/anatomical.nii"
 LPS = np.diag([-1.0, -1.0, 1.0])

@@ -8,9 +8,9 @@ import numpy as np
 from sqlalchemy import select
 
 from mtlgen.io.nifti import save_nifti
+from mtlgen.register.run import register_source
 from mtlgen.registry.db import session_scope
 from mtlgen.registry.models import Label, Result, Scan, Visit
-from mtlgen.registry.register import register_source
 from mtlgen.registry.series import load_series
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from mtlgen.register.run import register_source
 from mtlgen.registry.db import session_scope
 from mtlgen.registry.models import Patient, Rejection, Result, Scan
-from mtlgen.registry.register import register_source
 from mtlgen.registry.series import load_series
 from tests.support import free_port
 

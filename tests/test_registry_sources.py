@@ -7,7 +7,8 @@ from datetime import date
 import pytest
 
 from mtlgen.ids import check_token
-from mtlgen.io.sources import SourceError, discover, parse_date
+from mtlgen.io.source_types import parse_date
+from mtlgen.io.sources import SourceError, discover
 from mtlgen.registry.pseudonym import KEY_ENV, load_key, pseudonymise
 
 

@@ -15,7 +15,13 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from mtlgen.io.sources import PatientSource, ScanSource, VisitSource, _mark_duplicates, parse_date
+from mtlgen.io.source_types import (
+    PatientSource,
+    ScanSource,
+    VisitSource,
+    mark_duplicates,
+    parse_date,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,7 @@ def discover_dicom(root: Path) -> list[PatientSource]:
                 scans.append(ScanSource(modality, tuple(sorted(files)), dup))
             visit_id = re.sub(r"\D", "", study_date) or "nodate"
             visits.append(VisitSource(visit_id, when, tuple(scans), problem=problem))
-        patients.append(PatientSource(patient_id, _mark_duplicates(visits), "dicom"))
+        patients.append(PatientSource(patient_id, mark_duplicates(visits), "dicom"))
     return patients
 
 

@@ -1,4 +1,4 @@
-"""What a registration source holds: patients, their visits and the files of each visit.
+"""Discover what a registration source holds: patients, their visits and the files of each visit.
 
 ``discover(SOURCE)`` reads a BIDS folder, a CSV manifest or a folder of DICOM series and returns
 one ``PatientSource`` per source patient. Discovery reads only names, tables and DICOM headers;
@@ -12,9 +12,17 @@ import csv
 import logging
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
-from datetime import date, datetime
 from pathlib import Path
+
+from mtlgen.io.dicom import discover_dicom
+from mtlgen.io.source_types import (
+    LABEL,
+    PatientSource,
+    ScanSource,
+    VisitSource,
+    mark_duplicates,
+    parse_date,
+)
 
 log = logging.getLogger(__name__)
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
@@ -22,60 +30,6 @@ _NIFTI = re.compile(r"\.nii(\.gz)?$")
 
 class SourceError(ValueError):
     """A source that cannot be read as a whole (unknown layout, manifest lacking a column)."""
-
-
-@dataclass(frozen=True)
-class ScanSource:
-    """One image (or label) of a visit: a NIfTI file, or the files of one DICOM series."""
-
-    modality: str
-    files: tuple[Path, ...]
-    problem: str | None = None
-
-    @property
-    def path(self) -> Path:
-        """The file, or the folder holding a DICOM series (for messages and records)."""
-        return self.files[0] if len(self.files) == 1 else self.files[0].parent
-
-
-@dataclass(frozen=True)
-class VisitSource:
-    """One visit: its source id, its date (or explicit days since baseline), scans and label."""
-
-    visit_id: str
-    date: date | None
-    scans: tuple[ScanSource, ...]
-    label: ScanSource | None = None
-    days: float | None = None
-    problem: str | None = None
-
-    def files(self) -> list[ScanSource]:
-        return [*self.scans, *([self.label] if self.label else [])]
-
-
-@dataclass(frozen=True)
-class PatientSource:
-    """All visits of one source patient. ``patient_id`` is the *source* id (never stored as is)."""
-
-    patient_id: str
-    visits: tuple[VisitSource, ...]
-    origin: str = field(default="bids", compare=False)
-
-    def files(self) -> list[ScanSource]:
-        return [s for v in self.visits for s in v.files()]
-
-
-def parse_date(text: str | None) -> date:
-    """ISO date or date-time (``2018-05-22``, ``2018-05-22T14:47:00``) or DICOM ``20180522``."""
-    text = (text or "").strip()
-    if not text or text.lower() in {"n/a", "na", "nan", "none"}:
-        raise ValueError("missing visit date")
-    try:
-        if re.fullmatch(r"\d{8}", text):
-            return datetime.strptime(text, "%Y%m%d").date()
-        return datetime.fromisoformat(text).date()
-    except ValueError:
-        raise ValueError(f"unparsable visit date {text!r} (expected YYYY-MM-DD)") from None
 
 
 def discover(source: Path | str) -> list[PatientSource]:
@@ -88,8 +42,6 @@ def discover(source: Path | str) -> list[PatientSource]:
     ):
         return discover_bids(source)
     if source.is_dir():
-        from mtlgen.io.dicom import discover_dicom
-
         patients = discover_dicom(source)
         if patients:
             return patients
@@ -133,7 +85,7 @@ def discover_bids(root: Path) -> list[PatientSource]:
                 scans.append(ScanSource(modality, (f,), problem))
             rel = Path(subject_dir.name) / ses_dir.name / "anat"
             labels = sorted(root.glob(f"derivatives/*/{rel}/*_dseg.nii*"))
-            label = ScanSource("label", (labels[0],)) if labels else None
+            label = ScanSource(LABEL, (labels[0],)) if labels else None
             visit_date, problem = None, table_problem
             if problem is None:
                 try:
@@ -143,24 +95,9 @@ def discover_bids(root: Path) -> list[PatientSource]:
             visit_id = ses_dir.name.removeprefix("ses-")
             visits.append(VisitSource(visit_id, visit_date, tuple(scans), label, problem=problem))
         patients.append(
-            PatientSource(subject_dir.name.removeprefix("sub-"), _mark_duplicates(visits), "bids")
+            PatientSource(subject_dir.name.removeprefix("sub-"), mark_duplicates(visits), "bids")
         )
     return patients
-
-
-def _mark_duplicates(visits: list[VisitSource]) -> tuple[VisitSource, ...]:
-    """A second visit on the same date (or day) as an earlier one is a duplicate visit."""
-    first: dict[object, str] = {}
-    out = []
-    for v in visits:
-        when = v.date if v.date is not None else v.days
-        if v.problem is None and when is not None:
-            if when in first:
-                v = replace(v, problem=f"duplicate visit: same date as visit {first[when]}")
-            else:
-                first[when] = v.visit_id
-        out.append(v)
-    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------ manifest
@@ -226,9 +163,9 @@ def discover_manifest(manifest: Path) -> list[PatientSource]:
             label = None
             if labels:
                 label_problem = "different label files for one visit" if len(labels) > 1 else None
-                label = ScanSource("label", (sorted(labels)[0],), label_problem)
+                label = ScanSource(LABEL, (sorted(labels)[0],), label_problem)
             visits.append(VisitSource(visit_id, visit_date, tuple(scans), label, days, problem))
-        patients.append(PatientSource(patient_id, _mark_duplicates(visits), "csv"))
+        patients.append(PatientSource(patient_id, mark_duplicates(visits), "csv"))
     return patients
 
 

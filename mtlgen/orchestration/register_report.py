@@ -10,8 +10,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mtlgen.io.sources import PatientSource
-from mtlgen.registry.register import PatientResult
+from mtlgen.io.source_types import PatientSource
+from mtlgen.register.results import PatientResult
 
 
 def redact(text: str, src: PatientSource, label: str) -> str:

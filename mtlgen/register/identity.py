@@ -1,0 +1,49 @@
+"""Who a source patient is in the registry: the pseudonym of its source id and, for a new
+patient, its baseline visit, reference contrast and model grid."""
+
+from __future__ import annotations
+
+from mtlgen.config import Params
+from mtlgen.ids import check_token
+from mtlgen.io.source_types import LABEL, PatientSource, VisitSource
+from mtlgen.preprocess.grid import brain_center, grid_around
+from mtlgen.register.checks import Pending
+from mtlgen.register.process import pick_reference
+from mtlgen.registry.models import Patient
+from mtlgen.registry.pseudonym import pseudonymise
+from mtlgen.registry.record import insert_patient
+
+
+def pseudonym_of(src: PatientSource, key: bytes) -> str:
+    """The pseudonym of the source patient id; raises ``InvalidIdentifier`` for an id that is
+    not a plain token."""
+    check_token(src.patient_id, "patient id")
+    return pseudonymise(src.patient_id, key)
+
+
+def create_patient(
+    src: PatientSource,
+    pseudonym: str,
+    candidates: list[tuple[VisitSource, list[Pending]]],
+    params: Params,
+) -> Patient | None:
+    """Pick the baseline (earliest visit with a valid image), build its grid, insert the
+    patient; None if no visit has a valid image. Raises ``IntegrityError`` if another process
+    inserted the patient first."""
+    pre = params.preprocess
+    with_images = [(v, p) for v, p in candidates if any(x.scan.modality != LABEL for x in p)]
+    if not with_images:
+        return None
+    visit, files = min(with_images, key=lambda vp: (vp[0].date or vp[0].days or 0, vp[0].visit_id))
+    images = {p.scan.modality: p.volume for p in files if p.scan.modality != LABEL}
+    reference = pick_reference(list(images), pre.reference_contrasts)
+    grid = grid_around(brain_center(images[reference]), pre.spacing_mm, pre.shape)
+    return insert_patient(
+        params.registry,
+        pseudonym,
+        src.patient_id,
+        baseline_visit=visit.visit_id,
+        baseline_date=visit.date,
+        reference=reference,
+        grid=grid.to_json(),
+    )
