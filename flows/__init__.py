@@ -1,4 +1,5 @@
-"""Prefect flows: thin wrappers over mtlgen library functions (docs/orchestration.md).
+"""Prefect flows: thin wrappers over mtlgen library functions (docs/orchestration.md);
+``flows.deployments`` lists them for scheduling (``python -m flows.deployments``).
 
 Importing the package turns Prefect's anonymous usage telemetry off unless the environment
 says otherwise: a hospital's pipeline sends nothing out (and offline, each attempt logs an

@@ -8,10 +8,11 @@ dotted key path and what was expected in the message. ``load_config`` applies
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -230,7 +231,7 @@ class TrainConfig(Section):
 
     out_dir: Path = Path("data/models/mtl")
     task: Literal["all", "seg", "future_seg", "progression", "image"] = "all"
-    epochs: int = Field(40, ge=1, le=10_000)
+    epochs: int = Field(8, ge=1, le=10_000)
     batch_size: int = Field(2, ge=1, le=256)
     lr: float = Field(2e-3, gt=0, le=1)
     weight_decay: float = Field(1e-5, ge=0)
@@ -244,7 +245,7 @@ class TrainConfig(Section):
     image_lesion_weight: float = Field(1.0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     affinity_batches: int = Field(2, ge=0, le=1000)
-    patience: int = Field(10, ge=1)
+    patience: int = Field(4, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     threads: int = Field(0, ge=0, le=256)
@@ -258,6 +259,59 @@ class TrainConfig(Section):
 
 
 FlowName = Literal["register", "train", "predict", "pipeline"]
+
+_CRON_FIELDS = (  # croniter's order: a 6th field is seconds, a 7th the year
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31, L"),
+    ("month", "1-12, jan-dec"),
+    ("day-of-week", "0-7, sun-sat, 1#2, L5"),
+    ("second", "0-59"),
+    ("year", "1970-2099"),
+)
+_CRON_FORM = (
+    "expected 5 fields 'minute hour day-of-month month day-of-week' (e.g. '0 2 * * *' = 02:00 "
+    "daily; each field *, N, N-M, N,M or a step like */15) or a macro such as @daily"
+)
+
+
+def _cron_problem(expr: str) -> str | None:
+    """What Prefect's ``Cron`` schedule would reject in ``expr`` (None if nothing). Prefect checks
+    ``croniter.is_valid`` and refuses random/hashed fields (R, H); its vendored croniter also lacks
+    the nearest-weekday form (15W) that newer croniter releases accept."""
+    from croniter import croniter
+
+    fields = expr.split()
+    if not croniter.is_valid(expr):
+        if len(fields) == 1 and fields[0].startswith("@"):
+            return "unknown macro (@hourly, @daily, @midnight, @weekly, @monthly, @yearly)"
+        if not 5 <= len(fields) <= 7:
+            return f"{len(fields)} field(s)"
+        for i, text in enumerate(fields):
+            probe = " ".join(text if j == i else "*" for j in range(len(fields)))
+            if not croniter.is_valid(probe):
+                name, allowed = _CRON_FIELDS[i]
+                return f"{name} field {text!r} is not valid ({allowed})"
+        return "the fields do not combine into a valid schedule"
+    for i, text in enumerate(fields):
+        name = _CRON_FIELDS[i][0]
+        if text.casefold() in ("r", "h"):
+            return f"{name} field {text!r}: random/hashed values are not supported by Prefect"
+        if i == 2 and "w" in text.casefold():
+            return f"{name} field {text!r}: nearest weekday (W) is not supported by Prefect"
+    return None
+
+
+def check_cron(expr: str) -> str:
+    """Return ``expr`` if Prefect's ``Cron`` schedule accepts it, else raise ValueError naming
+    the offending cron field and showing the expected form."""
+    problem = _cron_problem(expr)
+    if problem is not None:
+        raise ValueError(f"cron {expr!r}: {problem}; {_CRON_FORM}")
+    return expr.strip()
+
+
+CronExpr = Annotated[str, AfterValidator(check_cron)]
 
 
 class FlowsConfig(Section):
@@ -275,16 +329,9 @@ class FlowsConfig(Section):
     follow_up_days: float = Field(120.0, gt=0, le=3650)
     predict_out_dir: Path = Path("data/predictions")
     timezone: str = "UTC"
-    schedules: dict[FlowName, str] = Field(
+    schedules: dict[FlowName, CronExpr] = Field(
         default_factory=lambda: {"register": "0 2 * * *", "pipeline": "0 3 * * 0"}
     )
-
-    @field_validator("schedules")
-    @classmethod
-    def _crons(cls, schedules: dict[str, str]) -> dict[str, str]:
-        from mtlgen.orchestration.cron import check_cron
-
-        return {name: check_cron(expr) for name, expr in schedules.items()}
 
     @field_validator("timezone")
     @classmethod

@@ -1,4 +1,5 @@
-"""The pure rules behind the flows: cron syntax, retraining threshold, next visit due, redaction."""
+"""The pure rules behind the flows: flows settings, retraining threshold, next visit due, redaction
+(cron syntax: tests/test_config.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import pytest
 
 from mtlgen.config import ConfigError, load_config
 from mtlgen.io.series import PatientSeries, VisitVolumes
-from mtlgen.io.sources import PatientSource, ScanSource, VisitSource
-from mtlgen.orchestration.cron import check_cron
+from mtlgen.io.source_types import PatientSource, ScanSource, VisitSource
 from mtlgen.orchestration.followup import due_follow_ups, follow_up_at, next_visit_due
 from mtlgen.orchestration.register_report import PatientOutcome, redact, summary_line
 from mtlgen.orchestration.retraining import (
@@ -19,30 +19,6 @@ from mtlgen.orchestration.retraining import (
     save_visit_keys,
     visit_keys,
 )
-
-
-@pytest.mark.parametrize("expr", ["0 2 * * *", "*/15 8-18 * * mon-fri", "0 3 * * 0", "@daily"])
-def test_valid_cron(expr):
-    assert check_cron(expr) == expr
-
-
-@pytest.mark.parametrize(
-    ("expr", "message"),
-    [
-        ("0 2 * *", "expected 5 fields"),
-        ("60 2 * * *", "minute field: '60' is not in 0..59"),
-        ("0 24 * * *", "hour field"),
-        ("0 2 0 * *", "day of month field"),
-        ("0 2 * 13 *", "month field"),
-        ("0 2 * * 8", "day of week field"),
-        ("*/0 * * * *", "step 0"),
-        ("0 5-2 * * *", "runs backwards"),
-        ("0 2 * * funday", "day of week field"),
-    ],
-)
-def test_invalid_cron_names_the_field(expr, message):
-    with pytest.raises(ValueError, match=message):
-        check_cron(expr)
 
 
 def test_flows_settings_are_validated():

@@ -1,6 +1,7 @@
 """Scale-out, end to end: a real ``prefect server start`` on 127.0.0.1, a process work pool, a
-deployment of ``longitudinal_pipeline`` made by ``orchestration.deployments``, a run triggered
-through the API and executed by a real ``prefect worker``; all it starts is stopped by group.
+deployment of ``longitudinal_pipeline`` made by ``python -m flows.deployments apply`` (over
+``orchestration.deployments``), a run triggered through the API and executed by a real
+``prefect worker``; all it starts is stopped by group.
 """
 
 from __future__ import annotations
@@ -65,22 +66,33 @@ def test_deployment_runs_on_a_worker(prefect_server, tmp_path, motion_cohort):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from mtlgen.config import load_config
-    from mtlgen.orchestration.deployments import apply_deployments
-    from mtlgen.orchestration.schedule import deployment_specs
     from tests.test_flows import pipeline_params
 
     params_file = pipeline_params(tmp_path, motion_cohort)
     tree = yaml.safe_load(params_file.read_text())
     tree["flows"]["schedules"] = {"pipeline": "0 3 * * 0"}
     params_file.write_text(yaml.safe_dump(tree))
-    params = load_config(params_file)
+
+    shell = [sys.executable, "-m", "flows.deployments", "-p", str(params_file)]
+    applied = subprocess.run(
+        [*shell, "apply", "--pool", "mtlgen-test"],
+        cwd=ROOT,
+        env=prefect_server,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert applied.stdout.startswith(
+        "longitudinal-pipeline/pipeline: cron '0 3 * * 0' (UTC) -> pool mtlgen-test ["
+    ), applied.stdout
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
-        ids = apply_deployments(deployment_specs(params, params_file), "mtlgen-test", ROOT)
-        assert list(ids) == ["longitudinal-pipeline/pipeline"]
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("longitudinal-pipeline/pipeline")
+            assert deployment.entrypoint == "flows/pipeline.py:longitudinal_pipeline"
+            assert deployment.work_pool_name == "mtlgen-test"
+            assert deployment.job_variables == {"working_dir": str(ROOT)}
             assert deployment.schedules[0].schedule.cron == "0 3 * * 0"
             assert deployment.parameters["params_file"] == str(params_file.resolve())
         run = run_deployment("longitudinal-pipeline/pipeline", timeout=0)
