@@ -66,8 +66,7 @@ def main() -> None:
     from mtlgen.evaluate.scores import case_metrics
     from mtlgen.inference.prediction import Prediction
     from mtlgen.io.series import load_visit
-    from mtlgen.models.checkpoint import load_checkpoint
-    from mtlgen.models.mtl_net import TASKS, class_channels, reference_image
+    from mtlgen.models.mtl_net import TASKS, MultiTaskNet, class_channels, reference_image
     from mtlgen.models.priors import class_mean_change, sized_label, stable_tissue_mean
     from mtlgen.progression import STATUSES, lesion_volumes_ml
     from mtlgen.registry.series import load_series
@@ -88,11 +87,10 @@ def main() -> None:
     contrasts = list(params.data.contrasts)
     model = None
     if args.checkpoint is not None:
-        model, config = load_checkpoint(args.checkpoint)
-        if tuple(getattr(model, "tasks", ())) != TASKS:
+        model = MultiTaskNet.from_pretrained(args.checkpoint)
+        if model.tasks != TASKS:
             raise SystemExit(f"{args.checkpoint}: not a multi-task checkpoint")
-        model.eval()
-        contrasts = list(config["meta"]["contrasts"])
+        contrasts = list(model.contrasts)
     fallback = torch.full((3, len(contrasts)), 0.5)
 
     def onehot(label) -> torch.Tensor:

@@ -33,7 +33,7 @@ def retrain_task(params_file: str, overrides: list[str]) -> tuple[RetrainDecisio
     """Compare the registry's visits with those the champion was trained on, and check that this
     version of mtlgen can load the champion; also say whether there is a usable champion."""
     from mtlgen.registry.series import load_series
-    from mtlgen.track.registry import CHAMPION, loading_problem
+    from mtlgen.track.versions import CHAMPION, loading_problem
 
     params = load_params(params_file, overrides)
     current = visit_keys(load_series(params.registry.url, params.registry.sqlite_timeout_s))

@@ -105,7 +105,7 @@ def predict_follow_ups(
     """Predict follow-ups with the champion (see module doc); returns one row per patient."""
     from mtlgen.inference.model import load_predictor
     from mtlgen.registry.series import load_series
-    from mtlgen.track.registry import CHAMPION, download_checkpoint
+    from mtlgen.track.versions import CHAMPION, download_checkpoint
 
     logger = get_run_logger()
     params = load_params(params_file, overrides)

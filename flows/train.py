@@ -57,8 +57,8 @@ def train_task(params_file: str, overrides: list[str]) -> dict[str, str]:
 def evaluate_task(params_file: str, overrides: list[str], candidate: str) -> dict[str, str]:
     """Evaluate the candidate, the current champion (if any) and the baselines on the split's
     test patients; return the metrics file and the champion version it was compared with."""
-    from mtlgen.track.registry import CHAMPION, checkpoint_problem, download_checkpoint
     from mtlgen.track.stage import evaluate_tracked
+    from mtlgen.track.versions import CHAMPION, checkpoint_problem, download_checkpoint
 
     params = load_params(params_file, overrides)
     with tempfile.TemporaryDirectory(prefix="mtlgen-champion-") as tmp:

@@ -133,8 +133,8 @@ def register(
     100), 0 if none.
     """
     from mtlgen.io.sources import SourceError
+    from mtlgen.register.run import register_source
     from mtlgen.registry.queries import format_table
-    from mtlgen.registry.register import register_source
 
     for key, value in (("registry.url", registry), ("preprocess.out_dir", out)):
         if value is not None:
@@ -314,61 +314,6 @@ def evaluate(
 
 
 @app.command()
-def schedule(
-    ctx: typer.Context,
-    pool: Annotated[
-        str, typer.Option(help="Prefect work pool (a process pool, created if missing).")
-    ] = "mtlgen",
-) -> None:
-    """Create the scheduled deployments of flows.schedules on the Prefect server.
-
-    Each flows.schedules entry (register, train, predict, pipeline -> cron, in flows.timezone)
-    becomes a deployment for the work pool POOL, with this settings file and the -S overrides
-    as its parameters. Needs PREFECT_API_URL (a `prefect server start`); run it from the
-    project folder (with flows/), then start a worker: `prefect worker start --pool POOL`.
-    """
-    from mtlgen.orchestration.deployments import apply_deployments
-    from mtlgen.orchestration.schedule import deployment_specs
-
-    cfg = config_from(ctx)
-    try:
-        specs = deployment_specs(cfg, ctx.obj["params"], ctx.obj["overrides"])
-        ids = apply_deployments(specs, pool)
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    for spec, (name, deployment_id) in zip(specs, ids.items(), strict=True):
-        typer.echo(f"{name}: cron '{spec.cron}' ({spec.timezone}) -> pool {pool} [{deployment_id}]")
-
-
-@app.command()
-def serve(
-    ctx: typer.Context,
-    limit: Annotated[int | None, typer.Option(help="At most this many flow runs at once.")] = None,
-) -> None:
-    """Serve the scheduled flows of flows.schedules from this one process (small sites).
-
-    No work pool or worker needed: this process creates the deployments, runs them on their
-    cron schedules and runs deployments triggered from the Prefect UI/API, until Ctrl-C.
-    Without PREFECT_API_URL it talks to a local Prefect server (`prefect server start`); run
-    it from the project folder (with flows/).
-    """
-    from mtlgen.orchestration.deployments import serve_deployments
-    from mtlgen.orchestration.schedule import deployment_specs
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API poll otherwise
-    cfg = config_from(ctx)
-    try:
-        specs = deployment_specs(cfg, ctx.obj["params"], ctx.obj["overrides"])
-        for spec in specs:
-            typer.echo(f"serving {spec.name}: cron '{spec.cron}' ({spec.timezone})")
-        serve_deployments(specs, limit=limit)
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-@app.command()
 def promote(
     ctx: typer.Context,
     metrics: Annotated[
@@ -467,8 +412,8 @@ def predict(
     from mtlgen.inference.followup import predict_followups
     from mtlgen.inference.model import load_predictor
     from mtlgen.registry.series import load_series
-    from mtlgen.track.registry import download_checkpoint
     from mtlgen.track.run import TrackingUnavailable
+    from mtlgen.track.versions import download_checkpoint
 
     for key, value in (("predict.model", model), ("predict.days_ahead", days_ahead)):
         if value is not None:

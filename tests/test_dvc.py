@@ -146,7 +146,7 @@ def test_full_pipeline_tracks_registers_promotes_and_reruns_only_training(
     from mtlgen.inference.model import load_predictor
     from mtlgen.io.series import load_visit
     from mtlgen.registry.series import load_series
-    from mtlgen.track.registry import download_checkpoint
+    from mtlgen.track.versions import download_checkpoint
 
     repo = make_repo(tmp_path)
     set_params(repo, FULL)

@@ -318,14 +318,11 @@ def test_a_model_checkpoint_is_evaluated_under_its_configured_name(aligned_serie
     import torch
 
     from mtlgen.inference.model import load_predictors
-    from mtlgen.models.checkpoint import save_checkpoint
     from mtlgen.models.mtl_net import MultiTaskNet
 
     torch.manual_seed(0)
     kwargs = {"max_context": MAX_CONTEXT, "features": [4, 8, 16], "time_dim": 8, "heads": 2}
-    save_checkpoint(
-        tmp_path / "ckpt", MultiTaskNet(**kwargs), kwargs, {"contrasts": ["T1w", "FLAIR"]}
-    )
+    MultiTaskNet(**kwargs).save_pretrained(tmp_path / "ckpt")
     (model,) = load_predictors({"mtl": tmp_path / "ckpt"}, device="cpu")
     split = Split(0, (), (), (aligned_series[0].patient,))
     result = evaluate_predictors(

@@ -16,7 +16,6 @@ from mtlgen.data.dataset import LongitudinalDataset
 from mtlgen.inference.model import load_predictor
 from mtlgen.io.series import load_visit
 from mtlgen.models.blocks import HEAD_SLOPE, PointwiseHead, upsample_linear
-from mtlgen.models.checkpoint import load_checkpoint, save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, class_labels, reference_image
 from mtlgen.models.sharing import HardTrunk, MtanTrunk, SoftTrunk
 from mtlgen.progression import lesion_volumes_ml
@@ -245,11 +244,11 @@ def test_two_dimensional_network(tiny_series):
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, batch):
-    net = _net("cross_task").eval()
-    kwargs = {"tasks": list(TASKS), "sharing": "cross_task", **SMALL}
-    save_checkpoint(tmp_path, net, kwargs, {"contrasts": ["T1w", "FLAIR"]})
-    loaded, config = load_checkpoint(tmp_path)
-    assert config["meta"]["contrasts"] == ["T1w", "FLAIR"]
+    net = _net("cross_task", contrasts=("T1w", "FLAIR")).eval()
+    net.save_pretrained(tmp_path)
+    loaded = MultiTaskNet.from_pretrained(tmp_path)
+    assert loaded.contrasts == ("T1w", "FLAIR") and loaded.sharing == "cross_task"
+    assert not loaded.training
     with torch.no_grad():
         a, b = net(batch), loaded.eval()(batch)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -257,20 +256,27 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, batch):
 
 def test_checkpoint_of_another_version_is_refused_with_the_reason(tmp_path):
     net = _net("hard", tasks=("progression",))
-    save_checkpoint(tmp_path, net, {"tasks": ["progression"], **SMALL}, {})
+    net.save_pretrained(tmp_path)
     weights = load_file(str(tmp_path / "model.safetensors"))
     weights["old_head.weight"] = weights.pop("extrapolation_weights")
     save_file(weights, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"model.safetensors: weights do not fit.*retrain"):
-        load_checkpoint(tmp_path)
+        MultiTaskNet.from_pretrained(tmp_path)
+
+
+def test_a_missing_checkpoint_is_an_error_not_a_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope/config.json: checkpoint file not found"):
+        MultiTaskNet.from_pretrained(tmp_path / "nope")
+    _net().save_pretrained(tmp_path / "half")
+    (tmp_path / "half" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"model.safetensors: checkpoint file not found"):
+        MultiTaskNet.from_pretrained(tmp_path / "half")
 
 
 def test_predictor_answers_the_protocol_for_mtl_and_single_task(tmp_path, tiny_series):
     visits = [load_visit(v) for v in tiny_series[0].visits]
     for tasks, name in ((TASKS, "mtl-hard"), (("image",), "single-image-copy-last")):
-        net = _net(tasks=tasks)
-        kwargs = {"tasks": list(tasks), **SMALL}
-        save_checkpoint(tmp_path / name, net, kwargs, {"contrasts": ["T1w", "FLAIR"]})
+        _net(tasks=tasks).save_pretrained(tmp_path / name)
         predictor = load_predictor(tmp_path / name)
         assert predictor.name == name
         pred = predictor.predict(visits[:2], visits[2].days)

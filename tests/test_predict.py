@@ -90,12 +90,11 @@ def test_a_checkpoints_calibration_travels_with_it(tmp_path):
     import torch
 
     from mtlgen.inference.model import load_predictor
-    from mtlgen.models.checkpoint import save_checkpoint
     from mtlgen.models.mtl_net import MultiTaskNet
 
     torch.manual_seed(0)
     kwargs = {"max_context": 2, "features": [4, 8, 16], "time_dim": 8, "heads": 2}
-    save_checkpoint(tmp_path, MultiTaskNet(**kwargs), kwargs, {"contrasts": ["T1w", "FLAIR"]})
+    MultiTaskNet(**kwargs).save_pretrained(tmp_path)
     assert load_predictor(tmp_path).calibration is None
     calibration = VolumeCalibration(0.9, 90.0, {"all": 0.4}, {"all": 12})
     calibration.save(tmp_path)

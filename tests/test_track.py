@@ -18,42 +18,52 @@ import torch
 import yaml
 
 from mtlgen.config import TrackingConfig
+from mtlgen.data.dataset import encode_context
 from mtlgen.data.splits import make_split, save_split
-from mtlgen.models.checkpoint import register_architecture, save_checkpoint
+from mtlgen.io.series import VisitArrays
+from mtlgen.models.mtl_net import MultiTaskNet
 from mtlgen.track.logger import PrivacyError
 from mtlgen.track.promotion import promote
 from mtlgen.track.provenance import data_version, environment, file_sha256
-from mtlgen.track.registry import (
+from mtlgen.track.run import TrackingUnavailable, check_reachable, tracked_run
+from mtlgen.track.versions import (
     CANDIDATE,
     CHAMPION,
     download_checkpoint,
     load_model,
     register_checkpoint,
 )
-from mtlgen.track.run import TrackingUnavailable, check_reachable, tracked_run
 from tests.support import free_port, stop_process_group, wait_until_ready
 
 PRIMARY = {"dice": "max", "volume_mae": "min"}
 
 
-@register_architecture("test-tiny-conv3d")
-class TinyConv3d(torch.nn.Module):
-    """A real (small) 3-D network: conv -> ReLU -> conv, two heads in a dict."""
-
-    def __init__(self, channels: int = 4) -> None:
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv3d(1, channels, 3, padding=1), torch.nn.ReLU())
-        self.seg = torch.nn.Conv3d(channels, 3, 1)
-        self.image = torch.nn.Conv3d(channels, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.body(x)
-        return {"seg": self.seg(h), "image": self.image(h)}
+def tiny_net(seed: int) -> MultiTaskNet:
+    """A real (small) segmentation network, seeded."""
+    torch.manual_seed(seed)
+    return MultiTaskNet(tasks=("seg",), features=(4, 8), time_dim=8, heads=2, max_context=2)
 
 
 def make_checkpoint(directory: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    return save_checkpoint(directory, TinyConv3d(4), {"channels": 4}, {"seed": seed})
+    tiny_net(seed).save_pretrained(directory)
+    return directory
+
+
+def tiny_batch() -> dict[str, np.ndarray]:
+    """Two unlabelled 8^3 visits as the network's batch (arrays, as MLflow passes them)."""
+    rng = np.random.default_rng(0)
+    visits = [
+        VisitArrays(
+            f"v{i}",
+            120.0 * i,
+            {c: rng.random((8, 8, 8), dtype=np.float32) for c in ("T1w", "FLAIR")},
+            None,
+            np.diag([4.0, 4.0, 4.0, 1.0]),
+        )
+        for i in range(2)
+    ]
+    batch = encode_context(visits, 300.0, ["T1w", "FLAIR"], max_context=2)
+    return {k: v[None].numpy() for k, v in batch.items()}
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +182,16 @@ def exercise_registry(store: TrackingConfig, tmp_path: Path) -> None:
         make_split([f"p{i:04d}" for i in range(10)], 0.2, 0.2, 0), tmp_path / "s.json"
     )
     sha = file_sha256(split)
-    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8, 8)).astype(np.float32)
+    x = tiny_batch()
     outputs, versions = {}, []
     for seed in range(4):
         ckpt = make_checkpoint(tmp_path / f"ckpt{seed}", seed)
         with tracked_run(store, f"train-{seed}") as run:
             run.log_params({"seed": seed})
             versions.append(register_checkpoint(ckpt, store.model_name, {"seed": seed}))
-        torch.manual_seed(seed)
-        model = TinyConv3d(4).eval()
         with torch.no_grad():
-            outputs[versions[-1]] = model(torch.from_numpy(x))["seg"].numpy()
+            batch = {k: torch.from_numpy(v) for k, v in x.items()}
+            outputs[versions[-1]] = tiny_net(seed).eval()(batch)["seg_logits"].numpy()
     client = mlflow.MlflowClient()
     assert (
         str(client.get_model_version_by_alias(store.model_name, CANDIDATE).version) == versions[-1]
@@ -224,13 +233,17 @@ def exercise_registry(store: TrackingConfig, tmp_path: Path) -> None:
         promote(store, {"dice": 0.9}, PRIMARY, sha, ref=versions[1])
 
     champion = load_model(store, CHAMPION)
-    np.testing.assert_array_equal(champion.predict(x)["seg"], outputs[versions[3]])
-    by_version = load_model(store, versions[1]).predict(x)["seg"]
+    np.testing.assert_array_equal(champion.predict(x)["seg_logits"], outputs[versions[3]])
+    by_version = load_model(store, versions[1]).predict(x)["seg_logits"]
     np.testing.assert_array_equal(by_version, outputs[versions[1]])
     ckpt_dir, version = download_checkpoint(store, tmp_path / "dl", CHAMPION)
     assert version == versions[3]
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["config.json", "model.safetensors"]
-    assert json.loads((ckpt_dir / "config.json").read_text())["meta"] == {"seed": 3}
+    assert {"config.json", "model.safetensors"} <= {p.name for p in ckpt_dir.iterdir()}
+    assert json.loads((ckpt_dir / "config.json").read_text())["tasks"] == ["seg"]
+    assert (
+        MultiTaskNet.from_pretrained(ckpt_dir).state_dict().keys()
+        == tiny_net(3).state_dict().keys()
+    )
     with pytest.raises(LookupError, match="no version or alias 'nope'"):
         load_model(store, "nope")
 
@@ -246,7 +259,7 @@ def test_champion_that_no_longer_loads_is_replaced_with_the_reason(store, tmp_pa
     cfg = store.model_copy(update={"model_name": "test-stale"})
     stale = make_checkpoint(tmp_path / "stale", 0)
     weights = load_file(str(stale / "model.safetensors"))
-    weights["old_head.weight"] = weights.pop("seg.weight")  # the network has changed since
+    weights["old_head.weight"] = weights.pop(sorted(weights)[0])  # the network has changed since
     save_file(weights, str(stale / "model.safetensors"))
     versions = []
     for ckpt in (stale, make_checkpoint(tmp_path / "fresh", 1)):

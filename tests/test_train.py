@@ -21,6 +21,7 @@ from mtlgen.data.splits import Split
 from mtlgen.data.trajectories import volume_trajectories
 from mtlgen.inference.model import load_predictor
 from mtlgen.models.priors import fit_gompertz
+from mtlgen.train.checkpoints import read_meta
 
 TINY = [
     "model.features=[4,8,16]",
@@ -75,7 +76,7 @@ def test_training_writes_checkpoints_history_and_affinity(tmp_path, tiny_series)
     # the progression head started from the training patients' Gompertz fit
     train = volume_trajectories(tiny_series[:3], max_context=2)
     capacity, weight = fit_gompertz(train.volumes, train.years, train.valid, train.ref, train.truth)
-    meta = json.loads((result.checkpoint_dir / "config.json").read_text())["meta"]
+    meta = read_meta(result.checkpoint_dir)
     assert meta["growth_prior"] == {"capacity_ml": capacity.tolist(), "weight": weight.tolist()}
 
 

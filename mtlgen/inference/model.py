@@ -31,7 +31,6 @@ from mtlgen.data.dataset import encode_context, reference_slot
 from mtlgen.inference.intervals import VolumeCalibration, load_calibration
 from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.io.series import VisitArrays
-from mtlgen.models.checkpoint import load_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
 from mtlgen.progression import lesion_volumes_ml, progression_status, voxel_volume_ml
 
@@ -44,7 +43,6 @@ class ModelPredictor:
     def __init__(
         self,
         model: MultiTaskNet,
-        meta: dict,
         device: str = "cpu",
         calibration: VolumeCalibration | None = None,
     ) -> None:
@@ -52,14 +50,10 @@ class ModelPredictor:
             raise ValueError("the predictor answers whole volumes: it needs a spatial_dims=3 model")
         self.model = model.to(device).eval()
         self.device = device
-        self.contrasts: list[str] = list(meta["contrasts"])
+        self.contrasts = list(model.contrasts)
         self.calibration = calibration
         tasks = model.tasks
-        self.name = (
-            f"mtl-{meta.get('sharing', 'hard')}"
-            if tasks == TASKS
-            else f"single-{tasks[0]}-copy-last"
-        )
+        self.name = f"mtl-{model.sharing}" if tasks == TASKS else f"single-{tasks[0]}-copy-last"
 
     @torch.no_grad()
     def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
@@ -99,13 +93,8 @@ class ModelPredictor:
 
 def load_predictor(checkpoint_dir: Path | str, device: str = "cpu") -> ModelPredictor:
     """Predictor of a checkpoint written by ``train_model`` (its ``best/`` or ``last/`` folder)."""
-    model, config = load_checkpoint(checkpoint_dir, map_location=device)
-    if not isinstance(model, MultiTaskNet):
-        raise ValueError(f"{checkpoint_dir}: not a mtl_net checkpoint ({config['architecture']})")
-    meta = {**config.get("meta", {}), **config["init"]}
-    if "contrasts" not in meta:
-        raise ValueError(f"{checkpoint_dir}/config.json: meta.contrasts missing")
-    return ModelPredictor(model, meta, device, load_calibration(checkpoint_dir))
+    model = MultiTaskNet.from_pretrained(checkpoint_dir, map_location=device)
+    return ModelPredictor(model, device, load_calibration(checkpoint_dir))
 
 
 @dataclass

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from mtlgen.models.blocks import Decoder, PointwiseHead
-from mtlgen.models.checkpoint import register_architecture
+from mtlgen.models.hub import LocalHubMixin
 from mtlgen.models.priors import (
     class_mean_change,
     dilate,
@@ -97,14 +97,17 @@ def reference_image(images: torch.Tensor, present: torch.Tensor, ref: torch.Tens
     return images.gather(1, idx)[:, 0]
 
 
-@register_architecture("mtl_net")
-class MultiTaskNet(nn.Module):
-    """Spatio-temporal multi-task network; ``tasks`` may be all four or a single one."""
+class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
+    """Spatio-temporal multi-task network; ``tasks`` may be all four or a single one.
+
+    ``contrasts`` names the input channels in order (e.g. T1w, FLAIR). ``save_pretrained`` /
+    ``from_pretrained`` (``mtlgen.models.hub``) store and rebuild it from a checkpoint folder.
+    """
 
     def __init__(
         self,
         tasks: Sequence[str] = TASKS,
-        n_contrasts: int = 2,
+        contrasts: Sequence[str] = ("T1w", "FLAIR"),
         max_context: int = 3,
         spatial_dims: int = 3,
         features: Sequence[int] = (8, 16, 32, 64),
@@ -120,12 +123,17 @@ class MultiTaskNet(nn.Module):
         unknown = set(tasks) - set(TASKS)
         if unknown or not tasks:
             raise ValueError(f"tasks {list(tasks)}: expected a non-empty subset of {TASKS}")
+        if not contrasts or len(set(contrasts)) != len(contrasts):
+            raise ValueError(f"contrasts {list(contrasts)}: expected distinct names")
         self.tasks = tuple(t for t in TASKS if t in tasks)
+        self.contrasts = tuple(contrasts)
+        n_contrasts = len(self.contrasts)
         self.spatial_dims, self.n_contrasts, self.max_context = (
             spatial_dims,
             n_contrasts,
             max_context,
         )
+        self.sharing = sharing
         self.increase, self.decrease = increase, decrease
         self.thresholds = (math.log1p(increase), math.log1p(-decrease))
         # the tasks that read trunk features (progression works on the volume trajectory)

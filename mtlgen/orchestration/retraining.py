@@ -96,8 +96,8 @@ def champion_training_visits(tracking: TrackingConfig) -> set[VisitKey] | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from mtlgen.track.registry import CHAMPION
     from mtlgen.track.run import connect
+    from mtlgen.track.versions import CHAMPION
 
     connect(tracking)
     client = mlflow.MlflowClient()

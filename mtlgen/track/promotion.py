@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from mtlgen.config import Params, TrackingConfig
 from mtlgen.track.logger import flatten
-from mtlgen.track.registry import CANDIDATE, CHAMPION, loading_problem, resolve_version
 from mtlgen.track.run import tracked_run
+from mtlgen.track.versions import CANDIDATE, CHAMPION, loading_problem, resolve_version
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 MLflow stores the checkpoint folder (``model.safetensors`` + ``config.json``) as the model's data
 and names this module as its loader; loading calls ``_load_pyfunc`` which rebuilds the network
-through ``mtlgen.models.checkpoint.load_checkpoint`` (registered architectures only).
+with ``MultiTaskNet.from_pretrained`` (weights from safetensors, constructor from JSON).
 """
 
 from __future__ import annotations
@@ -14,34 +14,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtlgen.models.checkpoint import load_checkpoint
-
-
-def _to_numpy(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return out.detach().cpu().numpy()
-    if isinstance(out, Mapping):
-        return {k: _to_numpy(v) for k, v in out.items()}
-    if isinstance(out, tuple | list):
-        return type(out)(_to_numpy(v) for v in out)
-    return out
+from mtlgen.models.mtl_net import MultiTaskNet
 
 
 class CheckpointModel:
-    """Runs the network in eval mode on an array (``model(x)``) or a dict of arrays
-    (``model(batch)``, as ``MultiTaskNet`` takes it); returns arrays in the same structure."""
+    """Runs the network in eval mode on a dict of arrays (a batch, as ``MultiTaskNet`` takes
+    it, e.g. from ``mtlgen.data.dataset.encode_context``); returns a dict of arrays."""
 
     def __init__(self, checkpoint_dir: Path | str) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.model, self.config = load_checkpoint(self.checkpoint_dir)
-        self.model.eval()
+        self.model = MultiTaskNet.from_pretrained(self.checkpoint_dir)
 
     def predict(self, model_input: Any, params: dict | None = None) -> Any:
+        if not isinstance(model_input, Mapping):
+            raise TypeError(
+                f"expected a dict of arrays (the network's batch), got {type(model_input).__name__}"
+            )
+        batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
         with torch.no_grad():
-            if isinstance(model_input, Mapping):
-                batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
-                return _to_numpy(self.model(batch))
-            return _to_numpy(self.model(torch.as_tensor(np.asarray(model_input))))
+            return {k: v.detach().cpu().numpy() for k, v in self.model(batch).items()}
 
 
 def _load_pyfunc(data_path: str) -> CheckpointModel:

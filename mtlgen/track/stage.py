@@ -20,8 +20,8 @@ from mtlgen.io.atomic import write_text_atomic
 from mtlgen.track.logger import MlflowLogger
 from mtlgen.track.privacy import source_ids
 from mtlgen.track.provenance import data_version, environment, file_sha256
-from mtlgen.track.registry import register_checkpoint
 from mtlgen.track.run import tracked_run
+from mtlgen.track.versions import register_checkpoint
 
 REGISTERED = "registered.json"  # beside a checkpoint: the model name and version it became
 

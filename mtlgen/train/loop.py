@@ -44,9 +44,9 @@ from mtlgen.losses.affinity import gradient_cosine, write_affinity
 from mtlgen.losses.pcgrad import pcgrad
 from mtlgen.losses.tasks import task_losses
 from mtlgen.losses.weighting import LossWeighting
-from mtlgen.models.checkpoint import save_checkpoint
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet
 from mtlgen.models.priors import fit_gompertz
+from mtlgen.train.checkpoints import save_checkpoint
 from mtlgen.train.state import load_train_state, read_loop, save_train_state
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def model_kwargs(params: Params, tasks: Sequence[str]) -> dict[str, Any]:
     m = params.model
     return {
         "tasks": list(tasks),
-        "n_contrasts": len(params.data.contrasts),
+        "contrasts": list(params.data.contrasts),
         "max_context": params.data.max_context,
         "spatial_dims": m.spatial_dims,
         "features": list(m.features),
@@ -292,11 +292,8 @@ def train_model(
         else:
             log.warning("%s was trained with other settings; starting afresh", last_dir)
     meta = {
-        "contrasts": list(params.data.contrasts),
-        "tasks": list(tasks),
         "split_sha256": split.sha256(),
         "seed": params.seed,
-        "sharing": kwargs["sharing"],
         "weighting": cfg.weighting,
         "pcgrad": cfg.pcgrad,
         "growth_prior": growth_prior,
@@ -424,8 +421,8 @@ def train_model(
         if rank == 0:
             epoch_meta = {**meta, "epoch": epoch + 1, "val": val}
             if improved:
-                save_checkpoint(best_dir, model, kwargs, epoch_meta)
-            save_checkpoint(last_dir, model, kwargs, epoch_meta)
+                save_checkpoint(best_dir, model, epoch_meta)
+            save_checkpoint(last_dir, model, epoch_meta)
             save_train_state(last_dir, model, optimizer, weighting, loop)
             _write_history(loop["history"], out_dir)
             if logger is not None:

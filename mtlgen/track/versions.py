@@ -1,4 +1,5 @@
-"""Registered models: log a checkpoint as a pyfunc model, alias it, load it back by alias/version.
+"""Model versions in MLflow's model registry: log a checkpoint as a pyfunc model, alias it, load
+it back by alias or version. (``mtlgen.registry`` is the patient registry; this is about models.)
 
 Aliases: ``candidate`` (the latest registered version) and ``champion`` (set only by the promotion
 rule in ``mtlgen.track.promotion``).
@@ -17,7 +18,8 @@ import yaml
 
 from mtlgen.config import TrackingConfig
 from mtlgen.ids import check_token
-from mtlgen.models.checkpoint import CONFIG, WEIGHTS, load_checkpoint
+from mtlgen.models.hub import CONFIG, WEIGHTS
+from mtlgen.models.mtl_net import MultiTaskNet
 from mtlgen.track.run import connect
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,8 @@ def download_checkpoint(
     cfg: TrackingConfig, dst: Path | str, ref: str = CHAMPION, model_name: str | None = None
 ) -> tuple[Path, str]:
     """Download registered model ``ref`` into ``dst``; return its checkpoint folder
-    (``model.safetensors`` + ``config.json``, ready for ``load_checkpoint``/``load_predictor``)
+    (``model.safetensors`` + ``config.json``, ready for ``MultiTaskNet.from_pretrained`` or
+    ``load_predictor``)
     and the version that ``ref`` resolved to."""
     import mlflow
 
@@ -121,7 +124,7 @@ def checkpoint_problem(checkpoint_dir: Path | str) -> str | None:
     """Why the checkpoint cannot be loaded by this version of mtlgen (its weights or settings do
     not fit the current network), or None when it loads."""
     try:
-        load_checkpoint(checkpoint_dir)
+        MultiTaskNet.from_pretrained(checkpoint_dir)
     except ValueError as exc:
         return str(exc)
     return None
