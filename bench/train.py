@@ -49,7 +49,7 @@ def measure(
     from mtlgen.losses.tasks import task_losses
     from mtlgen.models.mtl_net import MultiTaskNet
     from mtlgen.registry.series import load_series
-    from mtlgen.train.loop import model_kwargs, resolve_tasks
+    from mtlgen.train.setup import model_kwargs, resolve_tasks
 
     params = load_config(params_path, overrides)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtlgen.losses.affinity import gradient_cosine, write_affinity
+from mtlgen.losses.affinity import gradient_cosine
 from mtlgen.losses.pcgrad import pcgrad
 from mtlgen.losses.tasks import mask_loss, task_losses
 from mtlgen.losses.weighting import LossWeighting
+from mtlgen.train.records import write_affinity
 
 TASKS = ("seg", "future_seg", "progression", "image")
 

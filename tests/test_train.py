@@ -264,8 +264,18 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, tin
 
 
 @pytest.mark.slow
-def test_torchrun_two_process_gloo_keeps_weights_in_sync(tmp_path, tiny_series):
-    overrides = [*TINY, "train.epochs=2", "train.affinity_batches=0", "train.device=cpu"]
+@pytest.mark.parametrize(
+    "surgery",
+    [
+        ["train.affinity_batches=0"],
+        # task gradients taken beside DistributedDataParallel's backward pass: PCGrad's merge
+        # is averaged over the processes too, and affinity is measured on rank 0 only
+        ["train.affinity_batches=2", "train.pcgrad=true", "train.weighting=uncertainty"],
+    ],
+    ids=["plain", "pcgrad"],
+)
+def test_torchrun_two_process_gloo_keeps_weights_in_sync(tmp_path, tiny_series, surgery):
+    overrides = [*TINY, "train.epochs=2", "train.device=cpu", *surgery]
     spec = _runner_spec(tmp_path, tiny_series, overrides)
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "ddp"
