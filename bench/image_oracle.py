@@ -66,7 +66,8 @@ def main() -> None:
     from mtlgen.evaluate.scores import case_metrics
     from mtlgen.inference.prediction import Prediction
     from mtlgen.io.series import load_visit
-    from mtlgen.models.mtl_net import TASKS, MultiTaskNet, class_channels, reference_image
+    from mtlgen.models.labels import class_channels
+    from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
     from mtlgen.models.priors import class_mean_change, sized_label, stable_tissue_mean
     from mtlgen.progression import STATUSES, lesion_volumes_ml
     from mtlgen.registry.series import load_series

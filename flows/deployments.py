@@ -14,7 +14,6 @@ Global options come first, as with ``mtlgen``: ``python -m flows.deployments -p 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,7 +22,7 @@ from flows.pipeline import longitudinal_pipeline
 from flows.predict import predict_follow_ups
 from flows.register import register_scan_series
 from flows.train import train_evaluate_promote
-from mtlgen.config import load_config
+from mtlgen.cli.settings import config_from, settings_options
 from mtlgen.orchestration.schedule import DeploymentSpec, ScheduledFlow, deployment_specs
 
 DEPLOYMENTS: dict[str, ScheduledFlow] = {
@@ -52,36 +51,15 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def main(
-    ctx: typer.Context,
-    params: Annotated[
-        Path,
-        typer.Option("--params", "-p", help="Settings file (YAML) validated against the schema."),
-    ] = Path("params.yaml"),
-    override: Annotated[
-        list[str],
-        typer.Option(
-            "--set", "-S", help="Override one setting, e.g. -S train.epochs=3 (repeatable)."
-        ),
-    ] = [],  # noqa: B006  (typer needs a literal default)
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    ctx.obj = {"params": params, "overrides": list(override)}
+app.callback()(settings_options)
 
 
 def specs_from(ctx: typer.Context) -> list[DeploymentSpec]:
     """Validate the settings and build one spec per flows.schedules entry; exit 2 on error."""
     params_file, overrides = ctx.obj["params"], ctx.obj["overrides"]
     try:
-        return deployment_specs(
-            load_config(params_file, overrides), params_file, DEPLOYMENTS, overrides
-        )
-    except (FileNotFoundError, ValueError) as exc:  # ConfigError is a ValueError
+        return deployment_specs(config_from(ctx), params_file, DEPLOYMENTS, overrides)
+    except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

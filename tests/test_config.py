@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mtlgen.cli import app
-from mtlgen.config import ConfigError, Params, check_cron, load_config, validate_params
+from mtlgen.config import ConfigError, Params, load_config, validate_params
+from mtlgen.cron import check_cron
 
 REPO = Path(__file__).resolve().parents[1]
 

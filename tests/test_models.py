@@ -16,7 +16,8 @@ from mtlgen.data.dataset import LongitudinalDataset
 from mtlgen.inference.model import load_predictor
 from mtlgen.io.series import load_visit
 from mtlgen.models.blocks import HEAD_SLOPE, PointwiseHead, upsample_linear
-from mtlgen.models.mtl_net import TASKS, MultiTaskNet, class_labels, reference_image
+from mtlgen.models.labels import class_labels
+from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
 from mtlgen.models.sharing import HardTrunk, MtanTrunk, SoftTrunk
 from mtlgen.progression import lesion_volumes_ml
 

@@ -44,8 +44,7 @@ def _best(values: dict[str, float | None], direction: str) -> str | None:
 def summary_markdown(metrics: dict) -> str:
     """Per case kind, a metric x predictor table (mean ± std over cases; best in bold), then
     each model's primary metrics against copy-last and the best baseline."""
-    results, meta = metrics["results"], metrics["meta"]
-    names, level = meta["predictors"], meta.get("interval_level")
+    meta = metrics["meta"]
     lines = [
         "# Evaluation",
         "",
@@ -58,6 +57,20 @@ def summary_markdown(metrics: dict) -> str:
             f"`{name}` fell back to copy-last's volume on {count} case(s) "
             "(fewer than two usable context volumes)."
         )
+    lines += _kind_tables(metrics)
+    lines += _calibration_table(metrics)
+    lines += _group_tables(metrics, "by_status", "true progression status")
+    lines += _group_tables(metrics, "by_context", "context visits")
+    lines += _seed_tables(metrics)
+    lines += _primary_table(metrics)
+    return "\n".join(lines) + "\n"
+
+
+def _kind_tables(metrics: dict) -> list[str]:
+    """Per case kind, every metric of every predictor; the best of each row in bold."""
+    results, meta = metrics["results"], metrics["meta"]
+    names, level = meta["predictors"], meta.get("interval_level")
+    lines: list[str] = []
     for kind in KINDS:
         if not any(kind in results.get(n, {}) for n in names):
             continue
@@ -75,10 +88,13 @@ def summary_markdown(metrics: dict) -> str:
                 for n, e in entries.items()
             ]
             lines.append(f"| {metric} {_arrow(direction, level)} | " + " | ".join(cells) + " |")
-    lines += _calibration_table(metrics)
-    lines += _group_tables(metrics, "by_status", "true progression status")
-    lines += _group_tables(metrics, "by_context", "context visits")
-    groups = metrics.get("seed_groups", {})
+    return lines
+
+
+def _seed_tables(metrics: dict) -> list[str]:
+    """Per case kind, each model trained with several seeds: mean ± std over the seeds."""
+    groups, level = metrics.get("seed_groups", {}), metrics["meta"].get("interval_level")
+    lines: list[str] = []
     for kind in KINDS:
         present = [g for g in groups if kind in groups[g]]
         if not present:
@@ -95,35 +111,42 @@ def summary_markdown(metrics: dict) -> str:
         for metric, direction in METRICS.items():
             cells = [_cell(groups[g][kind][metric]) for g in present]
             lines.append(f"| {metric} {_arrow(direction, level)} | " + " | ".join(cells) + " |")
-    models = [n for n in names if n not in BASELINES]
-    baselines = [n for n in names if n in BASELINES]
-    if models and baselines:
-        lines += [
-            "",
-            "## Primary metrics: models against baselines",
-            "",
-            "| model | metric | model | copy_last | best baseline | ratio to best baseline |",
-            "|---|---|---|---|---|---|",
-        ]
-        for model in models:
-            for primary in meta["primary_metrics"]:
-                kind, metric = primary["metric"].split(".", 1)
+    return lines
 
-                def mean(name: str, kind: str = kind, metric: str = metric) -> float | None:
-                    entry = results.get(name, {}).get(kind, {}).get(metric)
-                    return entry["mean"] if entry else None
 
-                best = _best({b: mean(b) for b in baselines}, primary["direction"])
-                value, ref = mean(model), mean(best) if best else None
-                ratio = f"{value / ref:.3f}" if value is not None and ref else "–"
-                copy = mean("copy_last")
-                lines.append(
-                    f"| {model} | {primary['metric']} ({primary['direction']}) | "
-                    f"{'–' if value is None else f'{value:.4g}'} | "
-                    f"{'–' if copy is None else f'{copy:.4g}'} | "
-                    f"{best or '–'}: {'–' if ref is None else f'{ref:.4g}'} | {ratio} |"
-                )
-    return "\n".join(lines) + "\n"
+def _primary_table(metrics: dict) -> list[str]:
+    """Each model's primary metrics against copy-last and the best baseline."""
+    results, meta = metrics["results"], metrics["meta"]
+    models = [n for n in meta["predictors"] if n not in BASELINES]
+    baselines = [n for n in meta["predictors"] if n in BASELINES]
+    if not (models and baselines):
+        return []
+    lines = [
+        "",
+        "## Primary metrics: models against baselines",
+        "",
+        "| model | metric | model | copy_last | best baseline | ratio to best baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model in models:
+        for primary in meta["primary_metrics"]:
+            kind, metric = primary["metric"].split(".", 1)
+
+            def mean(name: str, kind: str = kind, metric: str = metric) -> float | None:
+                entry = results.get(name, {}).get(kind, {}).get(metric)
+                return entry["mean"] if entry else None
+
+            best = _best({b: mean(b) for b in baselines}, primary["direction"])
+            value, ref = mean(model), mean(best) if best else None
+            ratio = f"{value / ref:.3f}" if value is not None and ref else "–"
+            copy = mean("copy_last")
+            lines.append(
+                f"| {model} | {primary['metric']} ({primary['direction']}) | "
+                f"{'–' if value is None else f'{value:.4g}'} | "
+                f"{'–' if copy is None else f'{copy:.4g}'} | "
+                f"{best or '–'}: {'–' if ref is None else f'{ref:.4g}'} | {ratio} |"
+            )
+    return lines
 
 
 # the metrics that read differently on a lesion that changed and on one that did not, and on a

@@ -44,6 +44,7 @@ from torch import nn
 
 from mtlgen.models.blocks import Decoder, PointwiseHead
 from mtlgen.models.hub import LocalHubMixin
+from mtlgen.models.labels import class_channels, class_labels
 from mtlgen.models.priors import (
     class_mean_change,
     dilate,
@@ -64,25 +65,6 @@ DEFAULT_LOG_CAPACITY = math.log(100.0)  # ml; the Gompertz weight is 0 until a c
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x [B, K, ...], index [B] -> [B, ...]."""
     return x[torch.arange(x.shape[0], device=x.device), index]
-
-
-def class_channels(label: torch.Tensor, dim: int) -> torch.Tensor:
-    """Integer labels (0 bg, 1 core, 2 edema) as float one-hot channels inserted at ``dim``
-    (one broadcast comparison: contiguous, and ~2x faster than ``F.one_hot`` + ``movedim``)."""
-    classes = torch.arange(3, device=label.device).reshape(3, *([1] * (label.dim() - dim)))
-    return (label.unsqueeze(dim) == classes).float()
-
-
-def class_labels(probs: torch.Tensor) -> torch.Tensor:
-    """Class index of the largest of ``probs`` [N, 3, *S] per voxel (the first on ties, as
-    ``argmax``) -> [N, *S] int64. Elementwise over the 3 class maps: ``argmax`` over the
-    channel dim of a contiguous tensor is a strided reduction, ~20x slower on a CPU."""
-    label = torch.zeros_like(probs[:, 0], dtype=torch.int64)
-    best = probs[:, 0]
-    for c in range(1, probs.shape[1]):
-        label = label.masked_fill(probs[:, c] > best, c)
-        best = torch.maximum(best, probs[:, c])
-    return label
 
 
 def reference_image(images: torch.Tensor, present: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -152,10 +134,17 @@ class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
             if self.feature_tasks
             else None
         )
-        f = list(features)
+        self._build_heads(list(features), n_contrasts, sharing)
+        if spatial_dims == 3:  # channels-last 3-D convolutions: ~2x faster on CPU (oneDNN)
+            self.to(memory_format=torch.channels_last_3d)
+
+    def _build_heads(self, f: list[int], n_contrasts: int, sharing: str) -> None:
+        """The segmentation decoder and head, the target-time decoders and heads, and the
+        image and progression parameters of the tasks this network has."""
+        dims = self.spatial_dims
         if "seg" in self.tasks:
-            self.seg_decoder = Decoder(spatial_dims, f)
-            self.seg_head = PointwiseHead(spatial_dims, f[0], 3, extra_channels=(3,))
+            self.seg_decoder = Decoder(dims, f)
+            self.seg_head = PointwiseHead(dims, f[0], 3, extra_channels=(3,))
             self.seg_prior_weight = nn.Parameter(torch.ones(()))  # of the mask prior's logits
         # target-time decoders and heads: under hard sharing future_seg and image read the same
         # features, so they share one decoder and one head (its hidden layer too; only the
@@ -169,10 +158,10 @@ class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
             start = rows_of.get(self.target_of[t], 0)
             self.target_rows[t] = (start, start + widths[t])
             rows_of[self.target_of[t]] = start + widths[t]
-        self.target_decoders = nn.ModuleDict({key: Decoder(spatial_dims, f) for key in rows_of})
+        self.target_decoders = nn.ModuleDict({key: Decoder(dims, f) for key in rows_of})
         self.target_heads = nn.ModuleDict(
             {
-                key: PointwiseHead(spatial_dims, f[0], rows, extra_channels=(3, 1))
+                key: PointwiseHead(dims, f[0], rows, extra_channels=(3, 1))
                 for key, rows in rows_of.items()
             }
         )
@@ -192,8 +181,6 @@ class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
             self.extrapolation_weights = nn.Parameter(torch.zeros(2, 3))
             self.register_buffer("log_capacity", torch.full((2,), DEFAULT_LOG_CAPACITY))
             self.log_tau = nn.Parameter(torch.tensor(math.log(0.25)))
-        if spatial_dims == 3:  # channels-last 3-D convolutions: ~2x faster on CPU (oneDNN)
-            self.to(memory_format=torch.channels_last_3d)
 
     def set_growth_prior(self, capacity: torch.Tensor, gompertz_weight: torch.Tensor) -> None:
         """Start the progression head from a cohort's Gompertz fit (``priors.fit_gompertz``):
@@ -213,26 +200,11 @@ class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images, present = batch["images"], batch["contrast_present"]
         b, k = images.shape[:2]
-        spatial = images.shape[3:]
-        ones = (1,) * len(spatial)
+        ones = (1,) * (images.dim() - 3)
         given = batch["mask_input"] & batch["visit_valid"]
         onehot = class_channels(batch["masks"], 2)  # [B, K, 3, *S]
         years, valid, ref = batch["years"], batch["visit_valid"], batch["ref_slot"]
-        feats = {}
-        if self.trunk is not None:
-            gflag = given.float().reshape(b, k, 1, *ones)
-            x = torch.cat(
-                [
-                    images,
-                    present.reshape(b, k, -1, *ones).expand(-1, -1, -1, *spatial),
-                    onehot[:, :, 1:] * gflag,
-                    gflag.expand(-1, -1, 1, *spatial),
-                ],
-                dim=2,
-            ).flatten(0, 1)
-            if self.spatial_dims == 3:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            feats = self.trunk(x, years, valid, ref)
+        feats = self._trunk_features(batch, onehot, given) if self.trunk is not None else {}
         out: dict[str, torch.Tensor] = {}
 
         # context lesion maps for the other heads: every mask the data has (hidden ones too: the
@@ -240,64 +212,19 @@ class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
         known = batch["mask_present"] & valid
         probs = onehot * known.float().reshape(b, k, 1, *ones)
         if "seg" in self.tasks:  # decode the visits whose mask is not given
-            hidden = (valid & ~given).flatten()
-            decoded = images.new_zeros(0, 3, *spatial)
-            if hidden.any():
-                f = [v[hidden] for v in feats["seg"].visits]
-                prior = nearest_given_mask(onehot, years, given, hidden.reshape(b, k))
-                decoded = self.seg_head(self.seg_decoder(f[-1], f[:-1]), [prior], spatial)
-                has_prior = prior[:, 2:3]
-                decoded = decoded + self.seg_prior_weight * has_prior * mask_logits(
-                    prior_probs(prior)
-                )
-                # the segmentation stands in only where the data have no mask: only there do
-                # the other heads' losses reach it (and the full-size maps need a gradient)
-                unknown = ~known.flatten()[hidden]
-                if unknown.any():
-                    rows = hidden.nonzero()[:, 0][unknown]
-                    seg_probs = decoded[unknown].softmax(dim=1).float()
-                    probs = probs.flatten(0, 1).index_put((rows,), seg_probs).view_as(probs)
-            # logits of the decoded visits only, in [B, K] order: [n decoded, 3, *S]
-            out["seg_logits"], out["seg_decoded"] = decoded, hidden.reshape(b, k)
+            probs = self._segment(feats, batch, onehot, given, known, probs, out)
         ref_probs = _gather(probs, ref)
         vox = batch["voxel_ml"].reshape(b, 1)
         core = probs[:, :, 1].flatten(2).sum(-1) * vox
         lesion = (probs[:, :, 1] + probs[:, :, 2]).flatten(2).sum(-1) * vox
         volumes = torch.stack([core, lesion], dim=-1)  # [B, K, 2] in ml
         ref_core = _gather(core, ref)
-
         delta = torch.zeros(b, device=images.device, dtype=images.dtype)
         if "progression" in self.tasks:
-            weights = torch.tanh(self.extrapolation_weights.float())
-            capacity = self.log_capacity.float().exp()
-            log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights, capacity)
-            out["log_volume"] = log_volume
-            ratio = torch.log(log_volume[:, 0].expm1() + VOLUME_EPS_ML) - torch.log(
-                ref_core + VOLUME_EPS_ML
-            )
-            tau = self.log_tau.exp().clamp(0.05, 5.0)
-            up, down = self.thresholds
-            out["status_logits"] = torch.stack(
-                [(ratio - up) / tau, torch.zeros_like(ratio), (down - ratio) / tau], dim=1
-            )
-            delta = log_volume[:, 0] - ref_core.log1p()
+            delta = self._progression(volumes, years, valid, ref, ref_core, out)
         # detached: the mask and image losses condition on the forecast but do not move it
         delta_channel = delta.detach().reshape(b, 1, *ones)  # a per-sample constant
-
-        head_outputs: dict[str, torch.Tensor] = {}
-
-        def target_output(task: str) -> torch.Tensor:
-            """The task's rows of its target head, computed once per head."""
-            key = self.target_of[task]
-            if key not in head_outputs:
-                tf = feats[task]
-                skips = [_gather(v.reshape(b, k, *v.shape[1:]), ref) for v in tf.visits[:-1]]
-                decoded = self.target_decoders[key](tf.fused, skips)
-                head_outputs[key] = self.target_heads[key](
-                    decoded, [ref_probs, delta_channel], spatial
-                )
-            start, stop = self.target_rows[task]
-            return head_outputs[key][:, start:stop]
+        heads = _TargetHeads(self, feats, ref, [ref_probs, delta_channel], images.shape[3:])
 
         # hard labels: the reference's, and the future one the model answers (sized to the
         # predicted volumes); the image is composed from them in training as at prediction
@@ -305,19 +232,7 @@ class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
         out["ref_label"] = ref_label
         future_label, future_probs = ref_label, ref_probs  # no future_seg head: no change
         if "future_seg" in self.tasks:
-            logits = target_output("future_seg") + self.future_prior_weight * mask_logits(ref_probs)
-            out["future_logits"] = logits
-            future_probs = logits.softmax(dim=1)
-            if "image" in self.tasks or not self.training:  # else nothing reads it
-                sizes = batch.get("future_volume_ml")  # a given future volume, else the forecast
-                if sizes is None and "progression" in self.tasks:
-                    sizes = out["log_volume"].detach().expm1()
-                future_label = (
-                    sized_label(future_probs, sizes, vox[:, 0], ref_label)
-                    if sizes is not None
-                    else class_labels(future_probs)
-                )
-                out["future_label"] = future_label
+            future_label, future_probs = self._future(heads, batch, ref_probs, ref_label, vox, out)
         if "image" in self.tasks:
             fallback = reference_image(images, present, ref)
             base = stable_tissue_mean(
@@ -330,7 +245,144 @@ class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
                 self.class_intensity,
                 self.blur(),
             )
-            residual, gate = target_output("image").chunk(2, dim=1)
+            residual, gate = heads.output("image").chunk(2, dim=1)
             region = dilate(torch.maximum(1 - ref_probs[:, :1], 1 - future_probs[:, :1]), 2)
             out["image"] = expected + region * torch.sigmoid(gate) * residual
         return out
+
+    def _trunk_features(
+        self, batch: dict[str, torch.Tensor], onehot: torch.Tensor, given: torch.Tensor
+    ) -> dict:
+        """Every context visit's input channels (contrasts, presence flags, the given masks and
+        a given-mask flag) through the trunk: per-task features, fused at the target date."""
+        images, present = batch["images"], batch["contrast_present"]
+        b, k = images.shape[:2]
+        spatial = images.shape[3:]
+        ones = (1,) * len(spatial)
+        gflag = given.float().reshape(b, k, 1, *ones)
+        x = torch.cat(
+            [
+                images,
+                present.reshape(b, k, -1, *ones).expand(-1, -1, -1, *spatial),
+                onehot[:, :, 1:] * gflag,
+                gflag.expand(-1, -1, 1, *spatial),
+            ],
+            dim=2,
+        ).flatten(0, 1)
+        if self.spatial_dims == 3:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return self.trunk(x, batch["years"], batch["visit_valid"], batch["ref_slot"])
+
+    def _segment(
+        self,
+        feats: dict,
+        batch: dict[str, torch.Tensor],
+        onehot: torch.Tensor,
+        given: torch.Tensor,
+        known: torch.Tensor,
+        probs: torch.Tensor,
+        out: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Segment the visits whose mask is not given (``seg_logits``, ``seg_decoded``); return
+        the context lesion maps with the segmentation where the data have no mask."""
+        images, valid = batch["images"], batch["visit_valid"]
+        b, k = images.shape[:2]
+        spatial = images.shape[3:]
+        hidden = (valid & ~given).flatten()
+        decoded = images.new_zeros(0, 3, *spatial)
+        if hidden.any():
+            f = [v[hidden] for v in feats["seg"].visits]
+            prior = nearest_given_mask(onehot, batch["years"], given, hidden.reshape(b, k))
+            decoded = self.seg_head(self.seg_decoder(f[-1], f[:-1]), [prior], spatial)
+            has_prior = prior[:, 2:3]
+            decoded = decoded + self.seg_prior_weight * has_prior * mask_logits(prior_probs(prior))
+            # the segmentation stands in only where the data have no mask: only there do
+            # the other heads' losses reach it (and the full-size maps need a gradient)
+            unknown = ~known.flatten()[hidden]
+            if unknown.any():
+                rows = hidden.nonzero()[:, 0][unknown]
+                seg_probs = decoded[unknown].softmax(dim=1).float()
+                probs = probs.flatten(0, 1).index_put((rows,), seg_probs).view_as(probs)
+        # logits of the decoded visits only, in [B, K] order: [n decoded, 3, *S]
+        out["seg_logits"], out["seg_decoded"] = decoded, hidden.reshape(b, k)
+        return probs
+
+    def _progression(
+        self,
+        volumes: torch.Tensor,
+        years: torch.Tensor,
+        valid: torch.Tensor,
+        ref: torch.Tensor,
+        ref_core: torch.Tensor,
+        out: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """The volume forecast (``log_volume``) and status logits; return the forecast change
+        of log core volume from the reference visit."""
+        weights = torch.tanh(self.extrapolation_weights.float())
+        capacity = self.log_capacity.float().exp()
+        log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights, capacity)
+        out["log_volume"] = log_volume
+        ratio = torch.log(log_volume[:, 0].expm1() + VOLUME_EPS_ML) - torch.log(
+            ref_core + VOLUME_EPS_ML
+        )
+        tau = self.log_tau.exp().clamp(0.05, 5.0)
+        up, down = self.thresholds
+        out["status_logits"] = torch.stack(
+            [(ratio - up) / tau, torch.zeros_like(ratio), (down - ratio) / tau], dim=1
+        )
+        return log_volume[:, 0] - ref_core.log1p()
+
+    def _future(
+        self,
+        heads: _TargetHeads,
+        batch: dict[str, torch.Tensor],
+        ref_probs: torch.Tensor,
+        ref_label: torch.Tensor,
+        vox: torch.Tensor,
+        out: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The future mask's logits (``future_logits``) and, where something reads it, its
+        label sized to the given or forecast volumes (``future_label``); return that label
+        (the reference's when unread) and the future class probabilities."""
+        logits = heads.output("future_seg") + self.future_prior_weight * mask_logits(ref_probs)
+        out["future_logits"] = logits
+        future_probs = logits.softmax(dim=1)
+        if "image" not in self.tasks and self.training:  # nothing reads the label
+            return ref_label, future_probs
+        sizes = batch.get("future_volume_ml")  # a given future volume, else the forecast
+        if sizes is None and "progression" in self.tasks:
+            sizes = out["log_volume"].detach().expm1()
+        future_label = (
+            sized_label(future_probs, sizes, vox[:, 0], ref_label)
+            if sizes is not None
+            else class_labels(future_probs)
+        )
+        out["future_label"] = future_label
+        return future_label, future_probs
+
+
+class _TargetHeads:
+    """The target-time decoders and heads of one forward pass, each run once: ``output(task)``
+    is that task's rows of its (possibly shared) head."""
+
+    def __init__(
+        self,
+        net: MultiTaskNet,
+        feats: dict,
+        ref: torch.Tensor,
+        extras: list[torch.Tensor],
+        spatial: Sequence[int],
+    ) -> None:
+        self.net, self.feats, self.ref, self.extras, self.spatial = net, feats, ref, extras, spatial
+        self.outputs: dict[str, torch.Tensor] = {}
+
+    def output(self, task: str) -> torch.Tensor:
+        key = self.net.target_of[task]
+        if key not in self.outputs:
+            tf = self.feats[task]
+            b, k = self.ref.shape[0], tf.visits[0].shape[0] // self.ref.shape[0]
+            skips = [_gather(v.reshape(b, k, *v.shape[1:]), self.ref) for v in tf.visits[:-1]]
+            decoded = self.net.target_decoders[key](tf.fused, skips)
+            self.outputs[key] = self.net.target_heads[key](decoded, self.extras, self.spatial)
+        start, stop = self.net.target_rows[task]
+        return self.outputs[key][:, start:stop]
