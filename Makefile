@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint format bench clean
+.PHONY: demo test test-integration test-all lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,16 +23,21 @@ demo: $(STAMP)
 	$(BIN)/mtlgen show data/raw/demo --patient 001 --out data/reports/demo-patient.png
 	$(BIN)/python -m flows.pipeline --as-of $(DEMO_AS_OF) -S flows.predict_window_days=45
 
-## test: set up and run the default (fast) test suite
+## test: set up and run the default (fast) test suite: no servers, nothing slow
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## test-all: include slow and integration tests
+## test-integration: the tests that start real servers (PostgreSQL, MLflow, Prefect, S3)
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m "integration and not slow"
+
+## test-all: every test, slow and integration included
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
 
+## lint: ruff (lint + format) and the architecture contracts (import-linter)
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

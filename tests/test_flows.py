@@ -18,6 +18,8 @@ import yaml
 from mtlgen.config import load_config
 from mtlgen.registry.series import load_series
 
+pytestmark = pytest.mark.integration  # every test here talks to a (temporary) Prefect server
+
 
 @pytest.fixture(scope="session")
 def prefect_api():
