@@ -93,7 +93,7 @@ class ModelPredictor:
 
 def load_predictor(checkpoint_dir: Path | str, device: str = "cpu") -> ModelPredictor:
     """Predictor of a checkpoint written by ``train_model`` (its ``best/`` or ``last/`` folder)."""
-    model = MultiTaskNet.from_pretrained(checkpoint_dir, map_location=device)
+    model = MultiTaskNet.from_pretrained(checkpoint_dir, map_location=device)  # local
     return ModelPredictor(model, device, load_calibration(checkpoint_dir))
 
 

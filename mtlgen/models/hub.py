@@ -2,7 +2,7 @@
 
 ``PyTorchModelHubMixin`` records a network's constructor arguments: ``save_pretrained(folder)``
 writes ``model.safetensors`` (weights, no pickle) and ``config.json`` (those arguments);
-``from_pretrained(folder)`` rebuilds the network from the JSON and loads the weights. mtlgen
+``from_pretrained`` on that folder rebuilds the network from the JSON and loads the weights. mtlgen
 changes one thing: a checkpoint is a local folder, never a Hub id, so a missing folder is an
 error instead of a download, weights are loaded strictly, and a network whose weights do not fit
 says so in one line (the mixin's own local loader is lenient and prints to stdout).
@@ -24,15 +24,15 @@ class LocalHubMixin(PyTorchModelHubMixin):
     """``save_pretrained`` / ``from_pretrained`` of a local checkpoint folder."""
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any):
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any):  # local
         folder = Path(pretrained_model_name_or_path)
         for name in (CONFIG, WEIGHTS):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name}: checkpoint file not found")
-        return super().from_pretrained(folder, local_files_only=True, **kwargs)
+        return super().from_pretrained(folder, local_files_only=True, **kwargs)  # local
 
     @classmethod
-    def _from_pretrained(
+    def _from_pretrained(  # local
         cls,
         *,
         model_id: str,

@@ -23,7 +23,7 @@ class CheckpointModel:
 
     def __init__(self, checkpoint_dir: Path | str) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.model = MultiTaskNet.from_pretrained(self.checkpoint_dir)
+        self.model = MultiTaskNet.from_pretrained(self.checkpoint_dir)  # local
 
     def predict(self, model_input: Any, params: dict | None = None) -> Any:
         if not isinstance(model_input, Mapping):

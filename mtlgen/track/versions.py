@@ -124,7 +124,7 @@ def checkpoint_problem(checkpoint_dir: Path | str) -> str | None:
     """Why the checkpoint cannot be loaded by this version of mtlgen (its weights or settings do
     not fit the current network), or None when it loads."""
     try:
-        MultiTaskNet.from_pretrained(checkpoint_dir)
+        MultiTaskNet.from_pretrained(checkpoint_dir)  # local
     except ValueError as exc:
         return str(exc)
     return None

@@ -39,8 +39,8 @@ def model_card(model: MultiTaskNet, meta: dict[str, Any]) -> str:
         f"split sha256 {str(meta.get('split_sha256', '?'))[:12]}",
         f"- validation loss: {val['val_loss']:.4f}" if "val_loss" in val else "- validation: none",
         "",
-        "Load it with `mtlgen.models.mtl_net.MultiTaskNet.from_pretrained(folder)` or predict",
-        "with `mtlgen.inference.model.load_predictor(folder)`; `meta.json` holds the training",
+        "Load it with `MultiTaskNet.from_pretrained` on this folder (mtlgen.models.mtl_net) or",
+        "predict with `mtlgen.inference.model.load_predictor`; `meta.json` holds the training",
         "record.",
         "",
     ]
