@@ -125,7 +125,9 @@ class PreprocessConfig(Section):
     out_dir: Path = Path("data/processed")
     spacing_mm: float = Field(3.0, ge=0.5, le=8.0)
     shape: tuple[int, int, int] = (56, 64, 56)
-    intensity_percentiles: tuple[float, float] = (1.0, 99.0)
+    intensity_floor_percentile: float = Field(1.0, ge=0, lt=50)
+    intensity_tissue_value: float = Field(0.75, gt=0, le=10)
+    intensity_match_baseline: bool = True
     reference_contrasts: list[str] = Field(default_factory=lambda: ["T1w", "FLAIR"], min_length=1)
     align_levels: list[int] = Field(default_factory=lambda: [2, 1], min_length=1)
     align_bins: int = Field(32, ge=8, le=256)
@@ -136,9 +138,6 @@ class PreprocessConfig(Section):
     def _ranges(self) -> PreprocessConfig:
         if any(n <= 0 or n % 8 for n in self.shape):
             raise ValueError(f"shape must be positive multiples of 8, got {list(self.shape)}")
-        lo, hi = self.intensity_percentiles
-        if not 0 <= lo < hi <= 100:
-            raise ValueError("intensity_percentiles must be an increasing pair in [0, 100]")
         if any(f < 1 for f in self.align_levels) or self.align_levels != sorted(
             self.align_levels, reverse=True
         ):

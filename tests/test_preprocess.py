@@ -9,7 +9,8 @@ from mtlgen.config import ConfigError, PreprocessConfig, load_config
 from mtlgen.io.validate import Volume, read_volume
 from mtlgen.preprocess.align import rigid_align, to_sitk
 from mtlgen.preprocess.grid import Grid, brain_center, grid_around
-from mtlgen.preprocess.resample import normalise, resample_to_grid
+from mtlgen.preprocess.intensity import scale_on_tissue
+from mtlgen.preprocess.resample import resample_to_grid
 
 
 def test_grid_is_centred_ras_and_isotropic():
@@ -34,16 +35,6 @@ def test_resample_onto_own_grid_is_identity_and_marks_the_field_of_view():
     assert (moved[4:] == 0).all()
 
 
-def test_normalise_maps_percentiles_to_unit_range_and_zeroes_outside():
-    values = np.linspace(0, 100, 1000, dtype=np.float32).reshape(10, 10, 10)
-    inside = np.ones_like(values, dtype=bool)
-    inside[0] = False
-    out = normalise(values, inside, (1.0, 99.0))
-    lo, hi = np.percentile(values[inside], [1, 99])
-    assert out.dtype == np.float32 and (out[0] == 0).all()
-    np.testing.assert_allclose(out[inside], (values[inside] - lo) / (hi - lo), rtol=1e-5)
-
-
 def test_sitk_image_has_the_nifti_geometry_in_lps():
     affine = np.eye(4)
     affine[:3, :3] = Rotation.from_euler("xyz", [10, -5, 20], degrees=True).as_matrix() @ np.diag(
@@ -64,7 +55,9 @@ def test_rigid_align_recovers_a_known_pose(motion_cohort):
     base = read_volume((motion_cohort / "sub-002/ses-01/anat/sub-002_ses-01_T1w.nii.gz",))
     grid = grid_around(brain_center(base), cfg.spacing_mm, cfg.shape)
     values, inside = resample_to_grid(base, grid, np.eye(4), order=1)
-    fixed = normalise(values, inside, cfg.intensity_percentiles)
+    fixed = scale_on_tissue(
+        values, inside, cfg.intensity_floor_percentile, cfg.intensity_tissue_value
+    )
     truth = np.eye(4)  # follow-up world -> baseline world
     truth[:3, :3] = Rotation.from_euler("xyz", [6, -4, 5], degrees=True).as_matrix()
     truth[:3, 3] = [4.0, -6.0, 3.0]

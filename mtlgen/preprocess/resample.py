@@ -1,5 +1,5 @@
 """One interpolation from a source scan onto the model grid (orientation, spacing, crop/pad and
-alignment in a single resampling), and robust per-contrast intensity normalisation."""
+alignment in a single resampling)."""
 
 from __future__ import annotations
 
@@ -29,17 +29,3 @@ def resample_to_grid(
     upper = np.asarray(vol.data.shape, dtype=np.float32)[:, None] - 0.5
     inside = np.all((src >= -0.5) & (src <= upper), axis=0).reshape(grid.shape)
     return values, inside
-
-
-def normalise(
-    values: np.ndarray, inside: np.ndarray, percentiles: tuple[float, float]
-) -> np.ndarray:
-    """Map the ``percentiles`` of in-FOV intensities to 0 and 1 (float32); 0 outside the FOV.
-
-    No clipping above 1, so bright lesions keep their contrast.
-    """
-    lo, hi = np.percentile(values[inside], percentiles) if inside.any() else (0.0, 1.0)
-    scale = float(hi - lo) or 1.0
-    out = (values - lo) / scale
-    out[~inside] = 0.0
-    return out.astype(np.float32)

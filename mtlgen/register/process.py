@@ -2,14 +2,15 @@
 
 A visit reuses its stored alignment while its reference contrast is unchanged; otherwise its
 reference contrast is aligned to the baseline's (``mtlgen.preprocess.align``). Images are
-resampled (linear) and normalised, labels resampled (nearest); the files are written as NIfTI
-under ``preprocess.out_dir/<pseudonym>/<visit>/``.
+resampled (linear) and scaled on normal tissue; a follow-up's image is then matched to the
+baseline's image of the same contrast (``mtlgen.preprocess.intensity``); labels are resampled
+(nearest). The files are written as NIfTI under ``preprocess.out_dir/<pseudonym>/<visit>/``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
@@ -20,20 +21,42 @@ from mtlgen.io.source_types import LABEL
 from mtlgen.io.validate import Volume
 from mtlgen.preprocess.align import AlignmentFailed, ncc, rigid_align
 from mtlgen.preprocess.grid import Grid
-from mtlgen.preprocess.resample import normalise, resample_to_grid
+from mtlgen.preprocess.intensity import foreground, match_reference, scale_on_tissue
+from mtlgen.preprocess.resample import resample_to_grid
 from mtlgen.register.checks import Pending
 from mtlgen.register.results import Ledger
 from mtlgen.registry.models import CURRENT, Patient, Visit
 from mtlgen.registry.record import ScanRecord
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Baseline:
-    """The patient's model grid and its baseline reference image on it."""
+    """The patient's model grid, its baseline reference image on it (``fixed``), and the
+    baseline's image of any contrast, looked up once (from this run's files, else from disk)."""
 
+    patient: Patient
+    pending: list[Pending]
+    params: Params
     grid: Grid
-    fixed: np.ndarray
-    mask: np.ndarray
+    fixed: np.ndarray = field(init=False)
+    mask: np.ndarray = field(init=False)
+    images: dict[str, np.ndarray | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        fixed = self.image(self.patient.reference)
+        if fixed is None:
+            raise RuntimeError(
+                f"patient {self.patient.pseudonym}: baseline reference is not registered"
+            )
+        self.fixed, self.mask = fixed, fixed > 0.1
+
+    def image(self, contrast: str) -> np.ndarray | None:
+        """The baseline's image of ``contrast`` on the grid (None if it has none)."""
+        if contrast not in self.images:
+            self.images[contrast] = baseline_image(
+                self.patient, self.pending, self.grid, self.params, contrast
+            )
+        return self.images[contrast]
 
 
 def pick_reference(available: list[str], preferred: list[str]) -> str:
@@ -45,9 +68,14 @@ def pick_reference(available: list[str], preferred: list[str]) -> str:
 
 
 def grid_image(vol: Volume, grid: Grid, to_baseline: np.ndarray, params: Params):
-    """An image resampled onto the grid and normalised, and the mask of grid voxels inside it."""
+    """An image resampled onto the grid and scaled on normal tissue, and the mask of grid voxels
+    inside it."""
+    pre = params.preprocess
     values, inside = resample_to_grid(vol, grid, to_baseline, order=1)
-    return normalise(values, inside, params.preprocess.intensity_percentiles), inside
+    scaled = scale_on_tissue(
+        values, inside, pre.intensity_floor_percentile, pre.intensity_tissue_value
+    )
+    return scaled, inside
 
 
 def process(
@@ -57,9 +85,7 @@ def process(
     returns the files written (the others are rejected)."""
     if not pending:
         return pending
-    grid = Grid.from_json(patient.grid)
-    fixed = baseline_reference(patient, pending, grid, params)
-    base = _Baseline(grid, fixed, fixed > 0.1)
+    base = _Baseline(patient, pending, params, Grid.from_json(patient.grid))
     visits = {v.key: v for v in patient.visits}
     by_visit: dict[str, list[Pending]] = {}
     for p in pending:
@@ -124,11 +150,22 @@ def _write_on_grid(
             quality = None
         else:
             image, inside = grid_image(p.volume, grid, transform, params)
+            if visit_id != patient.baseline_visit and params.preprocess.intensity_match_baseline:
+                image = _matched(image, inside, base.image(p.scan.modality))
             p.processed = out_dir / f"{p.scan.modality}-{p.sha[:12]}.nii"
             save_nifti(p.processed, image, grid.affine, dtype=np.float32)
             same = p.scan.modality == patient.reference and visit_id != patient.baseline_visit
             quality = ncc(image, base.fixed, base.mask & inside) if same else None
         p.result = {"to_baseline": transform, "reference": reference, "mi": mi, "ncc": quality}
+
+
+def _matched(image: np.ndarray, inside: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """A follow-up image scaled onto its baseline's image of the same contrast over the head in
+    both (unchanged when the baseline lacks that contrast)."""
+    if reference is None:
+        return image
+    head = foreground(image, inside) & foreground(reference, reference > 0)
+    return match_reference(image, reference, head)[0]
 
 
 def stored_alignment(visit: Visit | None, images: dict[str, Pending]):
@@ -142,20 +179,21 @@ def stored_alignment(visit: Visit | None, images: dict[str, Pending]):
     return None, None, None
 
 
-def baseline_reference(
-    patient: Patient, pending: list[Pending], grid: Grid, params: Params
-) -> np.ndarray:
-    """The baseline's reference contrast on the grid: new if it is pending, else from disk."""
+def baseline_image(
+    patient: Patient, pending: list[Pending], grid: Grid, params: Params, contrast: str
+) -> np.ndarray | None:
+    """The baseline's image of ``contrast`` on the grid: new if it is pending, else from disk;
+    None if the baseline has no such image."""
     for p in pending:
-        if p.visit.visit_id == patient.baseline_visit and p.scan.modality == patient.reference:
+        if p.visit.visit_id == patient.baseline_visit and p.scan.modality == contrast:
             return grid_image(p.volume, grid, np.eye(4), params)[0]
     for visit in patient.visits:
         if visit.key == patient.baseline_visit:
             for scan in visit.scans:
-                if scan.status == CURRENT and scan.modality == patient.reference:
+                if scan.status == CURRENT and scan.modality == contrast:
                     img = nib.load(scan.result.processed_path)
                     return np.asarray(img.get_fdata(dtype=np.float32))
-    raise RuntimeError(f"patient {patient.pseudonym}: baseline reference is not registered")
+    return None
 
 
 def scan_record(p: Pending) -> ScanRecord:
