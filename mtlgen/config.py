@@ -35,8 +35,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Spacing = Annotated[float, Field(ge=0.5, le=8.0)]
+Axcodes = Annotated[str, Field(pattern=r"^[LRAPSI]{3}$")]
+StorageType = Literal["int16", "uint16", "float32"]
+GrowthLawName = Literal["gompertz", "logistic", "exponential", "linear"]
+
+
 class SynthConfig(Section):
-    """Synthetic longitudinal cohort on the MNI ICBM152 2009 anatomy."""
+    """Synthetic longitudinal cohort on the MNI ICBM152 2009 anatomy.
+
+    The demo cohort uses the defaults; stress cohorts (``bench/cohorts/``) vary what a real
+    cohort varies in: growth law and carrying capacity per patient, several lesions, anisotropic
+    voxels, a mix of orientations and storage types, per-patient contrast.
+    """
 
     out_dir: Path = Path("data/raw/demo")
     patients: int = Field(24, ge=1, le=10_000)
@@ -45,13 +56,19 @@ class SynthConfig(Section):
     visits_max: int = Field(6, ge=2, le=50)
     interval_days_min: float = Field(45.0, gt=0)
     interval_days_max: float = Field(240.0, gt=0)
-    spacing_mm: float = Field(2.0, ge=0.5, le=8.0)
-    orientation: str = Field("RAS", pattern=r"^[LRAPSI]{3}$")
-    dtype: Literal["int16", "uint16", "float32"] = "int16"
+    spacing_mm: Spacing | tuple[Spacing, Spacing, Spacing] = 2.0  # isotropic, or x, y, z
+    orientation: Axcodes | list[Axcodes] = "RAS"  # a list: each patient draws one
+    dtype: StorageType | list[StorageType] = "int16"  # a list: each patient draws one
     fraction_stable: float = Field(0.25, ge=0, le=1)
     fraction_responding: float = Field(0.25, ge=0, le=1)
     lesion_volume_ml: tuple[float, float] = (1.0, 4.0)
     lesion_max_volume_ml: float = Field(16.0, gt=0)
+    # growth towards a carrying capacity: drawn per patient from capacity_ml (default: the one
+    # lesion_max_volume_ml); "mixed" draws one of the laws per lesion
+    growth_law: GrowthLawName | Literal["mixed"] = "gompertz"
+    capacity_ml: tuple[float, float] | None = None
+    lesions: tuple[int, int] = (1, 1)  # lesions per patient, drawn in [min, max]
+    contrast_jitter: float = Field(0.0, ge=0, le=0.5)  # per-patient tissue/lesion contrast sd
     growth_rate_per_year: tuple[float, float] = (0.8, 2.5)
     shrink_rate_per_year: tuple[float, float] = (0.8, 2.0)
     edema_scale: float = Field(1.35, gt=1.0, le=3.0)
@@ -77,7 +94,19 @@ class SynthConfig(Section):
                 raise ValueError(f"{name} must be an increasing pair of positive numbers")
         if self.lesion_max_volume_ml <= self.lesion_volume_ml[1]:
             raise ValueError("lesion_max_volume_ml must exceed lesion_volume_ml's upper bound")
+        if self.capacity_ml is not None and not (
+            self.lesion_volume_ml[1] < self.capacity_ml[0] <= self.capacity_ml[1]
+        ):
+            raise ValueError("capacity_ml must be an increasing pair above lesion_volume_ml")
+        if not 1 <= self.lesions[0] <= self.lesions[1] <= 3:
+            raise ValueError("lesions must be an increasing pair within [1, 3]")
         return self
+
+    @property
+    def voxel_mm(self) -> tuple[float, float, float]:
+        """The voxel size (x, y, z) in mm."""
+        s = self.spacing_mm
+        return (s, s, s) if isinstance(s, float | int) else tuple(float(v) for v in s)
 
 
 class ProgressionConfig(Section):

@@ -30,8 +30,8 @@ def test_same_seed_identical_different_seed_different():
     for contrast in ra.images:
         np.testing.assert_array_equal(ra.images[contrast], rb.images[contrast])
     np.testing.assert_array_equal(ra.label, rb.label)
-    assert a.lesion.law == b.lesion.law
-    assert a.lesion.law != c.lesion.law
+    assert a.lesions[0].law == b.lesions[0].law
+    assert a.lesions[0].law != c.lesions[0].law
     assert not np.array_equal(ra.images["T1w"], rc.images.get("T1w", ra.images["T1w"] * 0))
 
 
@@ -68,7 +68,8 @@ def test_volumes_follow_declared_law(small_cohort):
     truth = json.loads((small_cohort / GROUNDTRUTH_DIR / "groundtruth.json").read_text())
     courses = set()
     for row in visit_rows(small_cohort):
-        law = GrowthLaw(**truth["patients"][row["participant_id"]]["growth_law"])
+        (lesion,) = truth["patients"][row["participant_id"]]["lesions"]  # one per demo patient
+        law = GrowthLaw(**lesion["growth_law"])
         courses.add(law.course)
         expected = float(law.volume(float(row["days"])))
         assert abs(float(row["core_ml"]) - expected) / expected < 0.02, row
@@ -85,6 +86,17 @@ def test_growth_laws_have_their_shape():
         days
     )
     assert resp[1] > resp[0] and resp[3] < resp[2] and resp[3] > 0.3 * resp[1]
+    years = np.array([0.0, 0.5, 1.0, 10.0])
+    for law, at_one_year in (
+        ("logistic", 16.0 / (1 + 7 * np.exp(-1.5))),
+        ("exponential", min(2.0 * np.exp(1.5), 16.0)),
+        ("linear", 2.0 * 2.5),
+    ):
+        v = GrowthLaw("progressive", 2.0, 16.0, 1.5, law=law).volume(years * 365.25)
+        assert v[0] == pytest.approx(2.0) and v[2] == pytest.approx(at_one_year)
+        assert np.all(np.diff(v) >= 0) and v[-1] == pytest.approx(16.0, rel=1e-3)
+    with pytest.raises(ValueError, match="growth law 'cubic'"):
+        GrowthLaw("progressive", 2.0, 16.0, 1.5, law="cubic").volume(days)
 
 
 def brain_dice(a, b):
@@ -130,7 +142,7 @@ def test_bids_names(small_cohort):
 def test_images_are_real_anatomy():
     patient = draw_patient(FAST, 5, 1)
     rendered = patient.render(patient.visits[0], pose=np.eye(4), scanner=False)
-    anatomy = load_anatomy(FAST.spacing_mm)
+    anatomy = load_anatomy(FAST.voxel_mm)
     _, _, world = patient.grid()
     template = anatomy.sample(world)[0].numpy().reshape(rendered.label.shape)
     brain = rendered.brain_mask
@@ -152,3 +164,57 @@ def test_orientation_and_dtype_are_configurable(tmp_path):
     ca, cb = nib.as_closest_canonical(a), nib.as_closest_canonical(b)
     np.testing.assert_allclose(ca.affine, cb.affine, atol=1e-5)
     np.testing.assert_allclose(ca.get_fdata(), np.round(cb.get_fdata()), atol=0.5)
+
+
+def test_stress_options_vary_laws_lesions_voxels_orientations_and_storage(tmp_path):
+    """A stress cohort: several lesions per patient with mixed growth laws and capacities,
+    anisotropic voxels, a mix of orientations and storage types, per-patient contrast; the
+    labels still hold every lesion's declared volume, and the CSV manifest lists every scan."""
+    cfg = FAST.model_copy(
+        update={
+            "patients": 3,
+            "spacing_mm": (3.0, 3.0, 4.5),
+            "orientation": ["LPS", "LAS", "RAS"],
+            "dtype": ["float32", "int16"],
+            "growth_law": "mixed",
+            "capacity_ml": (10.0, 30.0),
+            "lesions": (2, 3),
+            "contrast_jitter": 0.1,
+            "fraction_stable": 0.0,
+            "fraction_responding": 0.0,
+        }
+    )
+    write_cohort(cfg, 3, tmp_path, progress=False)
+    truth = json.loads((tmp_path / GROUNDTRUTH_DIR / "groundtruth.json").read_text())
+    assert truth["voxel_mm"] == [3.0, 3.0, 4.5]
+    counts = [len(p["lesions"]) for p in truth["patients"].values()]
+    assert all(2 <= n <= 3 for n in counts)
+    capacities = {
+        round(lesion["growth_law"]["carrying_capacity_ml"], 6)
+        for p in truth["patients"].values()
+        for lesion in p["lesions"]
+    }
+    assert len(capacities) == sum(counts) and all(10.0 <= c <= 30.0 for c in capacities)
+    for row in visit_rows(tmp_path):
+        lesions = truth["patients"][row["participant_id"]]["lesions"]
+        declared = sum(
+            float(GrowthLaw(**lesion["growth_law"]).volume(float(row["days"])))
+            for lesion in lesions
+        )
+        assert float(row["law_core_ml"]) == pytest.approx(declared, rel=1e-6)
+        assert abs(float(row["core_ml"]) - declared) / declared < 0.03, row
+    stored = {(p["orientation"], p["dtype"]) for p in truth["patients"].values()}
+    for sub, look in truth["patients"].items():
+        img = nib.load(next((tmp_path / sub).glob("ses-01/anat/*_T1w.nii.gz")))
+        assert "".join(nib.aff2axcodes(img.affine)) == look["orientation"]
+        assert img.get_data_dtype() == np.dtype(look["dtype"])
+        np.testing.assert_allclose(
+            sorted(np.linalg.norm(img.affine[:3, :3], axis=0)), [3.0, 3.0, 4.5]
+        )
+    assert len(stored) >= 2
+    with (tmp_path / "manifest.csv").open() as fh:
+        manifest = list(csv.DictReader(fh))
+    assert len(manifest) == len(list(tmp_path.glob("sub-*/ses-*/anat/*.nii.gz")))
+    assert all(
+        (tmp_path / r["image"]).exists() and (tmp_path / r["label"]).exists() for r in manifest
+    )

@@ -81,27 +81,29 @@ class Anatomy:
         """Tissue channels at world points [N, 3] -> [4, N]."""
         return sample_volume(self.maps, self.world_to_voxel, points)
 
-    def grid(self, spacing_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
-        """An axis-aligned RAS grid of ``spacing_mm`` covering the template's field of view."""
+    def grid(self, voxel_mm: tuple[float, float, float]) -> tuple[tuple[int, int, int], np.ndarray]:
+        """An axis-aligned RAS grid of ``voxel_mm`` voxels covering the template's field of
+        view."""
         extent = np.array(self.shape, dtype=float)
-        shape = tuple(int(n) for n in np.ceil(extent / spacing_mm))
-        affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
-        first_center = self.affine[:3, 3] + (spacing_mm - 1.0) / 2.0
+        spacing = np.asarray(voxel_mm, dtype=float)
+        shape = tuple(int(n) for n in np.ceil(extent / spacing))
+        affine = np.diag([*spacing, 1.0])
+        first_center = self.affine[:3, 3] + (spacing - 1.0) / 2.0
         affine[:3, 3] = first_center
         return shape, affine
 
 
 @lru_cache(maxsize=4)
-def load_anatomy(spacing_mm: float) -> Anatomy:
-    """Load the templates and anti-alias them for rendering at ``spacing_mm``."""
+def load_anatomy(voxel_mm: tuple[float, float, float]) -> Anatomy:
+    """Load the templates and anti-alias them for rendering with ``voxel_mm`` voxels."""
     images = {name: nib.load(template_path(name)) for name in TEMPLATE_FILES}
     affine = images["t1"].affine
     t1, gm, wm = (np.asarray(images[n].dataobj, dtype=np.float32) / 255.0 for n in TEMPLATE_FILES)
     brain = t1 > 0.02
     csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
     stack = np.stack([t1, gm, wm, csf])
-    sigma = 0.4 * max(spacing_mm - 1.0, 0.0)
-    if sigma > 0:
+    sigma = [0.4 * max(s - 1.0, 0.0) for s in voxel_mm]  # the template's voxels are 1 mm
+    if max(sigma) > 0:
         stack = np.stack([ndimage.gaussian_filter(c, sigma) for c in stack])
 
     depth = ndimage.distance_transform_edt(brain)  # mm, template is 1 mm isotropic

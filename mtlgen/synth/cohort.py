@@ -3,11 +3,13 @@
 Layout (``DIR``)::
 
     dataset_description.json  participants.tsv
+    manifest.csv          the same scans as a CSV manifest (patient, visit, date, modality,
+                          image, label), for `mtlgen register DIR/manifest.csv`
     sub-001/sub-001_sessions.tsv
     sub-001/ses-01/anat/sub-001_ses-01_T1w.nii.gz  (and _FLAIR where acquired)
     derivatives/labels/sub-001/ses-01/anat/sub-001_ses-01_dseg.nii.gz   0 bg, 1 core, 2 edema
-    derivatives/groundtruth/visits.tsv     per-visit volumes, course, law volume
-    derivatives/groundtruth/groundtruth.json  growth laws, poses, visit->baseline transforms
+    derivatives/groundtruth/visits.tsv     per-visit volumes, courses, law volume (all lesions)
+    derivatives/groundtruth/groundtruth.json  growth laws per lesion, poses, visit->baseline
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class CohortSummary:
 def draw_patient(cfg: SynthConfig, seed: int, index: int) -> PatientModel:
     """Patient ``index`` of the cohort; it depends only on ``(seed, index)``."""
     rng = np.random.default_rng([seed, index])
-    return PatientModel.draw(f"{index + 1:03d}", rng, cfg, load_anatomy(cfg.spacing_mm))
+    return PatientModel.draw(f"{index + 1:03d}", rng, cfg, load_anatomy(cfg.voxel_mm))
 
 
 def _reorient(data: np.ndarray, affine: np.ndarray, axcodes: str) -> tuple[np.ndarray, np.ndarray]:
@@ -72,12 +74,16 @@ def _to_disk_dtype(image: np.ndarray, dtype: str) -> np.ndarray:
     return np.clip(np.round(scaled), info.min, info.max).astype(dtype)
 
 
-def _tsv(rows: list[dict]) -> str:
+def _tsv(rows: list[dict], delimiter: str = "\t") -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), delimiter=delimiter, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _csv(rows: list[dict]) -> str:
+    return _tsv(rows, delimiter=",")
 
 
 def bids_paths(out_dir: Path, participant: str, session: str) -> tuple[Path, Path]:
@@ -87,17 +93,32 @@ def bids_paths(out_dir: Path, participant: str, session: str) -> tuple[Path, Pat
 
 
 def _write_visit(
-    out_dir: Path, patient: PatientModel, visit: Visit, rendered: RenderedVisit, cfg: SynthConfig
-) -> int:
+    out_dir: Path, patient: PatientModel, visit: Visit, rendered: RenderedVisit
+) -> list[dict]:
+    """Write one visit's images and label; return its manifest rows (paths relative to
+    ``out_dir``)."""
     _, affine, _ = patient.grid()
+    look = patient.appearance
     anat, labels = bids_paths(out_dir, patient.participant_id, visit.session)
     stem = f"sub-{patient.participant_id}_ses-{visit.session}"
+    label_path = labels / f"{stem}_dseg.nii.gz"
+    rows = []
     for contrast, image in rendered.images.items():
-        data, aff = _reorient(_to_disk_dtype(image, cfg.dtype), affine, cfg.orientation)
+        data, aff = _reorient(_to_disk_dtype(image, look.dtype), affine, look.orientation)
         save_nifti(anat / f"{stem}_{contrast}.nii.gz", data, aff)
-    data, aff = _reorient(rendered.label, affine, cfg.orientation)
-    save_nifti(labels / f"{stem}_dseg.nii.gz", data, aff, dtype=np.uint8)
-    return len(rendered.images)
+        rows.append(
+            {
+                "patient": patient.participant_id,
+                "visit": visit.session,
+                "date": visit.acq_time.date().isoformat(),
+                "modality": contrast,
+                "image": str((anat / f"{stem}_{contrast}.nii.gz").relative_to(out_dir)),
+                "label": str(label_path.relative_to(out_dir)),
+            }
+        )
+    data, aff = _reorient(rendered.label, affine, look.orientation)
+    save_nifti(label_path, data, aff, dtype=np.uint8)
+    return rows
 
 
 @dataclass
@@ -105,28 +126,28 @@ class _PatientRecord:
     participant: dict
     visit_rows: list[dict]
     truth: dict
-    images: int
+    manifest_rows: list[dict]
 
 
 def _synthesise_patient(cfg: SynthConfig, seed: int, index: int, out_dir: Path) -> _PatientRecord:
     patient = draw_patient(cfg, seed, index)
     pid = patient.participant_id
-    voxel_ml = cfg.spacing_mm**3 / 1000.0
+    voxel_ml = float(np.prod(cfg.voxel_mm)) / 1000.0
     baseline_pose = patient.visits[0].pose
-    rows, sessions, truth_visits, images = [], [], [], 0
+    rows, sessions, truth_visits, manifest = [], [], [], []
     for visit in patient.visits:
         rendered = patient.render(visit)
-        images += _write_visit(out_dir, patient, visit, rendered, cfg)
+        manifest += _write_visit(out_dir, patient, visit, rendered)
         rows.append(
             {
                 "participant_id": f"sub-{pid}",
                 "session_id": f"ses-{visit.session}",
                 "days": visit.day,
                 "acq_time": visit.acq_time.isoformat(),
-                "course": patient.lesion.law.course,
+                "course": "+".join(lesion.law.course for lesion in patient.lesions),
                 "core_ml": f"{rendered.core_voxels * voxel_ml:.6f}",
                 "edema_ml": f"{rendered.edema_voxels * voxel_ml:.6f}",
-                "law_core_ml": f"{float(patient.lesion.law.volume(visit.day)):.6f}",
+                "law_core_ml": f"{patient.core_volume_ml(visit.day):.6f}",
                 "contrasts": ",".join(visit.contrasts),
             }
         )
@@ -143,12 +164,16 @@ def _synthesise_patient(cfg: SynthConfig, seed: int, index: int, out_dir: Path) 
         )
     write_text_atomic(out_dir / f"sub-{pid}" / f"sub-{pid}_sessions.tsv", _tsv(sessions))
     truth = {
-        "growth_law": patient.lesion.law.to_dict(),
-        "lesion_center_mm": patient.lesion.center.tolist(),
+        "lesions": [
+            {"growth_law": lesion.law.to_dict(), "center_mm": lesion.center.tolist()}
+            for lesion in patient.lesions
+        ],
+        "orientation": patient.appearance.orientation,
+        "dtype": patient.appearance.dtype,
         "visits": truth_visits,
     }
     participant = {"participant_id": f"sub-{pid}", "age": patient.age, "sex": patient.sex}
-    return _PatientRecord(participant, rows, truth, images)
+    return _PatientRecord(participant, rows, truth, manifest)
 
 
 def _worker_init() -> None:
@@ -200,7 +225,7 @@ def write_cohort(
     }
     truth = {
         "seed": seed,
-        "spacing_mm": cfg.spacing_mm,
+        "voxel_mm": list(cfg.voxel_mm),
         "label_values": {"0": "background", "1": "lesion core", "2": "edema"},
         "patients": {r.participant["participant_id"]: r.truth for r in records},
     }
@@ -211,6 +236,8 @@ def write_cohort(
     write_text_atomic(out_dir / "participants.tsv", _tsv([r.participant for r in records]))
     write_text_atomic(out_dir / GROUNDTRUTH_DIR / "visits.tsv", _tsv(visit_rows))
     write_text_atomic(out_dir / GROUNDTRUTH_DIR / "groundtruth.json", json.dumps(truth, indent=1))
-    summary = CohortSummary(out_dir, len(records), len(visit_rows), sum(r.images for r in records))
+    manifest = [row for r in records for row in r.manifest_rows]
+    write_text_atomic(out_dir / "manifest.csv", _csv(manifest))
+    summary = CohortSummary(out_dir, len(records), len(visit_rows), len(manifest))
     log.info("wrote %d patients, %d visits, %d images to %s", *astuple(summary)[1:], out_dir)
     return summary

@@ -1,4 +1,4 @@
-"""One synthetic patient: anatomy variation, a lesion with a known volume law, visits and poses.
+"""One synthetic patient: anatomy variation, lesions with known volume laws, visits and poses.
 
 Coordinates: *head space* is the template's world space (RAS mm) after the patient's own smooth
 deformation. A visit's pose ``P`` maps head space to scanner world space,
@@ -29,6 +29,8 @@ _LESION = {"T1w": (0.32, 0.52), "FLAIR": (0.95, 0.80)}
 _MASS_EFFECT_SIGMA_MM = 18.0
 _ATROPHY_SIGMA_MM = 16.0
 _LESION_REACH_MM = 45.0  # lesion + edema stay well inside this radius
+_LESION_SEPARATION_MM = 40.0  # centres of a patient's lesions at least this far apart
+_GROWTH_LAWS = ("gompertz", "logistic", "exponential", "linear")
 
 
 @dataclass
@@ -83,15 +85,27 @@ class RenderedVisit:
 
 
 @dataclass
+class Appearance:
+    """How one patient's scans look and are stored: FLAIR tissue intensities (GM, WM, CSF),
+    lesion core/edema intensity per contrast, voxel order and storage type."""
+
+    flair_tissue: np.ndarray
+    lesion: dict[str, tuple[float, float]]
+    orientation: str
+    dtype: str
+
+
+@dataclass
 class PatientModel:
     participant_id: str
     cfg: SynthConfig
     anatomy: Anatomy
     deformation: SmoothField
-    lesion: Lesion
+    lesions: list[Lesion]
     visits: list[Visit]
     age: int
     sex: str
+    appearance: Appearance
     _grid: tuple = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ drawing
@@ -104,28 +118,66 @@ class PatientModel:
         deformation = SmoothField.random(rng, 3, lo, hi, spacing_mm=14.0)
         deformation.values *= cfg.deformation_mm
 
-        center = anatomy.deep_wm_points[rng.integers(len(anatomy.deep_wm_points))]
-        # the template point sits at head position ~ center - displacement(center)
-        center = center - deformation(torch.from_numpy(center[None])).numpy()[:, 0]
+        lesions = [cls._draw_lesion(rng, cfg, anatomy, deformation, [])]
+        visits = cls._draw_visits(rng, cfg, anatomy.brain_center)
+        age, sex = int(rng.integers(25, 80)), str(rng.choice(["F", "M"]))
+        # what the demo defaults leave fixed is drawn last, so the demo cohort stays as it was
+        for _ in range(int(rng.integers(cfg.lesions[0], cfg.lesions[1] + 1)) - 1):
+            lesions.append(cls._draw_lesion(rng, cfg, anatomy, deformation, lesions))
+        return cls(
+            participant_id=participant_id,
+            cfg=cfg,
+            anatomy=anatomy,
+            deformation=deformation,
+            lesions=lesions,
+            visits=visits,
+            age=age,
+            sex=sex,
+            appearance=cls._draw_appearance(rng, cfg),
+        )
+
+    @classmethod
+    def _draw_lesion(
+        cls,
+        rng: np.random.Generator,
+        cfg: SynthConfig,
+        anatomy: Anatomy,
+        deformation: SmoothField,
+        others: list[Lesion],
+    ) -> Lesion:
+        """A lesion in deep white matter, at least ``_LESION_SEPARATION_MM`` from ``others``."""
+        points = anatomy.deep_wm_points
+        for _ in range(100):
+            center = points[rng.integers(len(points))]
+            # the template point sits at head position ~ center - displacement(center)
+            center = center - deformation(torch.from_numpy(center[None])).numpy()[:, 0]
+            if all(np.linalg.norm(center - o.center) >= _LESION_SEPARATION_MM for o in others):
+                break
         law = cls._draw_law(rng, cfg)
-        lesion = Lesion(
+        return Lesion(
             center=center.astype(np.float64),
             axes=rng.uniform(0.8, 1.25, size=3),
             rotation=Rotation.random(random_state=rng).as_matrix(),
             roughness=SmoothField.random(rng, 1, center - 40, center + 40, spacing_mm=6.0),
             law=law,
         )
-        visits = cls._draw_visits(rng, cfg, anatomy.brain_center)
-        return cls(
-            participant_id=participant_id,
-            cfg=cfg,
-            anatomy=anatomy,
-            deformation=deformation,
-            lesion=lesion,
-            visits=visits,
-            age=int(rng.integers(25, 80)),
-            sex=str(rng.choice(["F", "M"])),
-        )
+
+    @staticmethod
+    def _draw_appearance(rng: np.random.Generator, cfg: SynthConfig) -> Appearance:
+        """Per-patient contrast (``contrast_jitter``), voxel order and storage type."""
+        flair, lesion = _FLAIR_TISSUE.copy(), dict(_LESION)
+        if cfg.contrast_jitter > 0:
+            jitter = 1.0 + cfg.contrast_jitter * rng.standard_normal(3 + 2 * len(_LESION))
+            flair = (flair * jitter[:3]).astype(np.float32)
+            lesion = {
+                name: (core * jitter[3 + 2 * i], edema * jitter[4 + 2 * i])
+                for i, (name, (core, edema)) in enumerate(_LESION.items())
+            }
+
+        def pick(choice: str | list[str]) -> str:
+            return choice if isinstance(choice, str) else str(rng.choice(choice))
+
+        return Appearance(flair, lesion, pick(cfg.orientation), pick(cfg.dtype))
 
     @staticmethod
     def _draw_law(rng: np.random.Generator, cfg: SynthConfig) -> GrowthLaw:
@@ -144,11 +196,19 @@ class PatientModel:
                 treatment_day=float(rng.uniform(60, 240)),
                 shrink_rate=float(rng.uniform(*cfg.shrink_rate_per_year)),
             )
+        rate = float(rng.uniform(*cfg.growth_rate_per_year))
+        capacity = cfg.lesion_max_volume_ml
+        if cfg.capacity_ml is not None:
+            capacity = float(rng.uniform(*cfg.capacity_ml))
+        law = cfg.growth_law
+        if law == "mixed":
+            law = str(rng.choice(_GROWTH_LAWS))
         return GrowthLaw(
             course=course,
             v0_ml=float(v0),
-            carrying_capacity_ml=float(cfg.lesion_max_volume_ml),
-            growth_rate=float(rng.uniform(*cfg.growth_rate_per_year)),
+            carrying_capacity_ml=float(capacity),
+            growth_rate=rate,
+            law=law,
             **kwargs,
         )
 
@@ -190,35 +250,41 @@ class PatientModel:
     def grid(self) -> tuple[tuple[int, int, int], np.ndarray, torch.Tensor]:
         """Scanner grid shape, affine and its voxel centres in world mm [N, 3] (cached)."""
         if self._grid is None:
-            shape, affine = self.anatomy.grid(self.cfg.spacing_mm)
+            shape, affine = self.anatomy.grid(self.cfg.voxel_mm)
             ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
             xyz = ijk.reshape(-1, 3).astype(np.float32) @ affine[:3, :3].T.astype(np.float32)
             self._grid = (shape, affine, torch.from_numpy(xyz + affine[:3, 3].astype(np.float32)))
         return self._grid
 
-    def lesion_radius_mm(self, day: float) -> float:
-        volume_mm3 = float(self.lesion.law.volume(day)) * 1000.0
+    def core_volume_ml(self, day: float) -> float:
+        """The declared lesion-core volume at ``day``: the sum over the patient's lesions."""
+        return sum(float(lesion.law.volume(day)) for lesion in self.lesions)
+
+    @staticmethod
+    def _radius_mm(lesion: Lesion, day: float) -> float:
+        volume_mm3 = float(lesion.law.volume(day)) * 1000.0
         return (3.0 * volume_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
 
-    def _lesion_distance(self, head: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _lesion_distance(lesion: Lesion, head: torch.Tensor) -> torch.Tensor:
         """Rough ellipsoidal distance from the lesion centre (unitless, monotone outward)."""
-        rel = head - torch.as_tensor(self.lesion.center, dtype=head.dtype)
-        rot = torch.as_tensor(self.lesion.rotation, dtype=head.dtype)
-        local = rel @ rot / torch.as_tensor(self.lesion.axes, dtype=head.dtype)
-        rough = 1.0 + 0.12 * self.lesion.roughness(head)[0]
+        rel = head - torch.as_tensor(lesion.center, dtype=head.dtype)
+        rot = torch.as_tensor(lesion.rotation, dtype=head.dtype)
+        local = rel @ rot / torch.as_tensor(lesion.axes, dtype=head.dtype)
+        rough = 1.0 + 0.12 * lesion.roughness(head)[0]
         return local.norm(dim=1) * rough
 
     def _tissue_positions(self, head: torch.Tensor, day: float) -> torch.Tensor:
         """Pull-back of head points through mass effect, atrophy and the patient deformation."""
         pushed = head.clone()
-        c = torch.as_tensor(self.lesion.center, dtype=head.dtype)
-        strength = 0.5 * self.lesion_radius_mm(day) / _MASS_EFFECT_SIGMA_MM
-        rel = head - c
-        pushed -= (
-            strength
-            * rel
-            * torch.exp(-(rel**2).sum(1, keepdim=True) / (2 * _MASS_EFFECT_SIGMA_MM**2))
-        )
+        for lesion in self.lesions:
+            strength = 0.5 * self._radius_mm(lesion, day) / _MASS_EFFECT_SIGMA_MM
+            rel = head - torch.as_tensor(lesion.center, dtype=head.dtype)
+            pushed -= (
+                strength
+                * rel
+                * torch.exp(-(rel**2).sum(1, keepdim=True) / (2 * _MASS_EFFECT_SIGMA_MM**2))
+            )
         widening = self.cfg.atrophy_per_year * 2.5 * day / DAYS_PER_YEAR
         for vc in self.anatomy.ventricle_centers:
             rel = head - torch.as_tensor(vc, dtype=head.dtype)
@@ -247,13 +313,13 @@ class PatientModel:
         t1, gm, wm, csf = self.anatomy.sample(self._tissue_positions(head, visit.day))
         brain = (gm + wm + csf) > 0.5
         label = self._label(head, visit.day, brain)
-        flair = torch.as_tensor(_FLAIR_TISSUE) @ torch.stack([gm, wm, csf])
+        flair = torch.as_tensor(self.appearance.flair_tissue) @ torch.stack([gm, wm, csf])
 
         images = {}
         for name, values in (("T1w", t1), ("FLAIR", flair)):
             if name not in visit.contrasts:
                 continue
-            core_val, edema_val = _LESION[name]
+            core_val, edema_val = self.appearance.lesion[name]
             values[label == LABEL_CORE] = core_val
             values[label == LABEL_EDEMA] = edema_val
             arr = self._scatter(values, inside, shape)
@@ -273,17 +339,26 @@ class PatientModel:
         return full.view(shape).numpy()
 
     def _label(self, head: torch.Tensor, day: float, brain: torch.Tensor) -> torch.Tensor:
-        """Core = the N brain voxels nearest the lesion centre, N = law volume / voxel volume."""
-        voxel_ml = self.cfg.spacing_mm**3 / 1000.0
-        n_core = round(float(self.lesion.law.volume(day)) / voxel_ml)
-        n_total = round(n_core * self.cfg.edema_scale**3)
-        center = torch.as_tensor(self.lesion.center, dtype=head.dtype)
-        near = (brain & ((head - center).norm(dim=1) < _LESION_REACH_MM)).nonzero()[:, 0]
-        dist = self._lesion_distance(head[near])
-        order = near[torch.argsort(dist, stable=True)]
+        """Per lesion, core = the N brain voxels nearest its centre, N = its law volume / voxel
+        volume, and edema the next ones; every lesion's edema first, then every core."""
+        voxel_ml = float(np.prod(self.cfg.voxel_mm)) / 1000.0
         label = torch.zeros(head.shape[0], dtype=torch.uint8)
-        label[order[n_core:n_total]] = LABEL_EDEMA
-        label[order[:n_core]] = LABEL_CORE
+        taken = torch.zeros(head.shape[0], dtype=torch.bool)  # a voxel is one lesion's core
+        cores, edemas = [], []
+        for lesion in self.lesions:
+            n_core = round(float(lesion.law.volume(day)) / voxel_ml)
+            n_total = round(n_core * self.cfg.edema_scale**3)
+            center = torch.as_tensor(lesion.center, dtype=head.dtype)
+            near = (brain & ((head - center).norm(dim=1) < _LESION_REACH_MM)).nonzero()[:, 0]
+            order = near[torch.argsort(self._lesion_distance(lesion, head[near]), stable=True)]
+            order = order[~taken[order]]
+            taken[order[:n_core]] = True
+            cores.append(order[:n_core])
+            edemas.append(order[n_core:n_total])
+        for edema in edemas:
+            label[edema] = LABEL_EDEMA
+        for core in cores:
+            label[core] = LABEL_CORE
         return label
 
     def _scanner(self, image: np.ndarray, visit: Visit) -> np.ndarray:

@@ -74,11 +74,13 @@ def preview_patient(cohort_dir: Path, participant: str, out_png: Path) -> Path:
                 )
         axes[2, col].remove()
 
-    law = GrowthLaw(**truth["patients"][key]["growth_law"])
+    laws = [GrowthLaw(**lesion["growth_law"]) for lesion in truth["patients"][key]["lesions"]]
     days = np.array([float(r["days"]) for r in rows])
     curve_t = np.linspace(0, days.max() * 1.1 + 1, 200)
     ax = fig.add_subplot(3, 1, 3)
-    ax.plot(curve_t, law.volume(curve_t), color="gray", label=f"declared law ({law.course})")
+    courses = ", ".join(f"{law.law} {law.course}" for law in laws)
+    declared = sum(law.volume(curve_t) for law in laws)
+    ax.plot(curve_t, declared, color="gray", label=f"declared law ({courses})")
     ax.plot(days, [float(r["core_ml"]) for r in rows], "o", color="red", label="lesion core (mask)")
     ax.plot(
         days,
