@@ -193,6 +193,7 @@ class EvaluateConfig(Section):
     brain_fraction: float = Field(0.1, gt=0, lt=1)
     brain_sigma_vox: float = Field(1.0, ge=0, le=10)
     changing_dilation_vox: int = Field(1, ge=0, le=10)
+    near_mm: float = Field(15.0, ge=0, le=100)
     ssim_window: int = Field(7, ge=3, le=15)
     primary_metrics: list[PrimaryMetric] = Field(
         default_factory=lambda: [

@@ -155,6 +155,7 @@ def test_copy_last_numbers_match_an_independent_computation(evaluation):
         other = result.metrics["results"][name]["future"]
         for metric in ("dice_lesion", "hd95_lesion_mm", "image_mae_brain", "image_mae_change"):
             assert other[metric] == future[metric]
+        assert other["image_mae_near"] == future["image_mae_near"]
 
 
 def test_oracle_is_perfect_and_copy_last_is_not(evaluation):
@@ -167,6 +168,8 @@ def test_oracle_is_perfect_and_copy_last_is_not(evaluation):
         assert oracle["volume_abs_error_ml"]["mean"] == pytest.approx(0.0, abs=1e-12)
         assert oracle["status_accuracy"]["mean"] == 1.0
         assert oracle["image_mae_change"]["mean"] == 0.0
+        assert oracle["image_mae_near"]["mean"] == 0.0
+        assert copy["image_mae_near"]["n"] == copy["image_mae_brain"]["n"]  # every case has one
         assert oracle["image_ssim_brain"]["mean"] == pytest.approx(1.0)
         assert oracle["image_psnr_brain"]["mean"] is None  # infinite PSNR is not averaged
         # the changing region is where copy-last is worst

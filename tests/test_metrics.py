@@ -10,6 +10,7 @@ from mtlgen.evaluate.metrics import (
     changing_region,
     dice,
     hd95,
+    near_region,
     region_mae,
     region_nanmean,
     region_psnr,
@@ -163,3 +164,15 @@ def test_ssim_map_matches_monai():
     )
     assert np.isnan(ours[:3]).all() and np.isnan(ours[-3:]).all()
     np.testing.assert_allclose(ours[3:-3, 3:-3, 3:-3], theirs[0, 0].numpy(), atol=2e-5)
+
+
+def test_near_region_is_the_reference_lesion_grown_in_mm_within_the_brain():
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[10, 10, 10] = 2  # one edema voxel counts as lesion
+    brain = np.ones_like(label, dtype=bool)
+    brain[:, :, :8] = False
+    near = near_region(label, (2.0, 2.0, 4.0), 8.0, brain)
+    assert near[10, 10, 10] and near[14, 10, 10] and not near[15, 10, 10]  # 4 voxels of 2 mm
+    assert near[10, 10, 12] and not near[10, 10, 13]  # 2 voxels of 4 mm
+    assert not near[10, 10, 8 - 1]  # outside the brain
+    assert near_region(np.zeros_like(label), (2.0, 2.0, 2.0), 8.0, brain) is None

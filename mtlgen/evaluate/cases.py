@@ -16,7 +16,7 @@ import numpy as np
 from mtlgen.config import EvaluateConfig, ProgressionConfig
 from mtlgen.data.samples import enumerate_samples
 from mtlgen.data.splits import Split
-from mtlgen.evaluate.metrics import brain_region, changing_region
+from mtlgen.evaluate.metrics import brain_region, changing_region, near_region, voxel_spacing_mm
 from mtlgen.inference.baselines import reference_visit
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
@@ -41,6 +41,7 @@ class CaseTruth:
     reference: VisitArrays
     brain: np.ndarray
     change: np.ndarray | None  # None without target and reference labels
+    near: np.ndarray | None  # the reference lesion's neighbourhood; None without a lesion there
     volume_ml: float | None  # None without a target label
     status: Status | None  # None without target and reference labels
     data_range: dict[str, float]  # contrast -> range of the true image inside the brain
@@ -60,7 +61,8 @@ def case_truth(
     cfg: EvaluateConfig,
     progression: ProgressionConfig,
 ) -> CaseTruth:
-    """Brain and changing regions, true core volume and status of one case."""
+    """Brain, changing and near regions, true core volume and status of one case. The near
+    region is chosen from the inputs alone (the reference visit's lesion and brain)."""
     reference = reference_visit(context, target.days)
     brain = np.zeros(next(iter(target.images.values())).shape, bool)
     for image in target.images.values():
@@ -69,7 +71,13 @@ def case_truth(
     for contrast, image in target.images.items():
         inside = image[brain]
         data_range[contrast] = float(inside.max() - inside.min()) if inside.size else 0.0
-    change = volume = status = None
+    change = volume = status = near = None
+    if reference.label is not None:
+        ref_brain = np.zeros_like(brain)
+        for image in reference.images.values():
+            ref_brain |= brain_region(image, cfg.brain_fraction, cfg.brain_sigma_vox)
+        spacing = voxel_spacing_mm(reference.affine)
+        near = near_region(reference.label, spacing, cfg.near_mm, ref_brain)
     if target.label is not None:
         volume = label_volume_ml(target.label, target.affine)
     if volume is not None and reference.label is not None:
@@ -84,6 +92,7 @@ def case_truth(
         reference,
         brain,
         change,
+        near,
         volume,
         status,
         data_range,

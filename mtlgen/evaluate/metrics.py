@@ -121,6 +121,18 @@ def changing_region(
     return changed
 
 
+def near_region(
+    reference_label: np.ndarray, spacing_mm: Sequence[float], near_mm: float, brain: np.ndarray
+) -> np.ndarray | None:
+    """Voxels of ``brain`` within ``near_mm`` of the reference visit's lesion (core or edema):
+    a region chosen from the inputs, before the truth is seen. None without a lesion."""
+    lesion = np.asarray(reference_label) > 0
+    if not lesion.any():
+        return None
+    distance = ndimage.distance_transform_edt(~lesion, sampling=spacing_mm)
+    return (distance <= near_mm) & brain
+
+
 def region_mae(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
     """Mean absolute error over ``region``; NaN for an empty region."""
     _check_pair(pred, truth, "image MAE")

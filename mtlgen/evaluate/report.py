@@ -156,6 +156,8 @@ GROUP_METRICS = (
     "volume_abs_error_ml",
     "volume_interval_coverage",
     "volume_interval_width_ml",
+    "image_mae_brain",
+    "image_mae_near",
     "image_mae_change",
     "status_accuracy",
 )

@@ -34,9 +34,12 @@ METRICS: dict[str, str] = {
     "image_mae_brain": "min",
     "image_psnr_brain": "max",
     "image_ssim_brain": "max",
-    "image_mae_change": "min",
+    "image_mae_change": "min",  # region from the truth (the label change): secondary
     "image_psnr_change": "max",
     "image_ssim_change": "max",
+    "image_mae_near": "min",  # region from the inputs (the reference lesion's neighbourhood)
+    "image_psnr_near": "max",
+    "image_ssim_near": "max",
     "volume_interval_coverage": "level",  # best near the interval level, not at an extreme
     "volume_interval_width_ml": "min",
     "volume_interval_score": "min",
@@ -87,6 +90,8 @@ def case_metrics(pred: Prediction, truth: CaseTruth) -> dict[str, float]:
         regions = [("brain", truth.brain)]
         if truth.change is not None:
             regions.append(("change", truth.change))
+        if truth.near is not None:
+            regions.append(("near", truth.near))
         for region_name, region in regions:
             for metric, value in (
                 ("mae", region_mae(image, true_image, region)),
