@@ -3,7 +3,9 @@ patient's last one, written on the model grid (the patient's baseline-aligned gr
 
 Per patient: ``<out_dir>/<pseudonym>/<contrast>.nii.gz`` (predicted images), ``label.nii.gz``
 (0 background, 1 lesion core, 2 edema) and ``prediction.json`` (target day, core volume and its
-calibrated interval, status, the model that made it); ``<out_dir>/predictions.tsv`` sums them
+calibrated interval, status, the model that made it, and every visit's measured lesion
+volumes); a visit without a label is segmented by the predictor when it can (from that visit and
+the ones before it) into ``visits/<visit>.nii.gz``. ``<out_dir>/predictions.tsv`` sums them
 up. The interval comes from the predictor's ``calibration`` (``mtlgen.inference.intervals``);
 its bounds are empty for a predictor without one, the upper one where it is unbounded.
 """
@@ -26,7 +28,8 @@ from mtlgen.inference.intervals import VolumeCalibration
 from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.nifti import save_nifti
-from mtlgen.io.series import PatientSeries, load_visit
+from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
+from mtlgen.progression import lesion_volumes_ml, voxel_volume_ml
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,31 @@ def interval_text(row: Mapping) -> str:
     return f"{low:.2f}-{'inf' if high is None else f'{high:.2f}'} ml ({row['interval_level']:.0%})"
 
 
+def measured_visits(
+    predictor: Predictor, context: Sequence[VisitArrays], folder: Path
+) -> list[dict]:
+    """Each visit's lesion-core and whole-lesion volume (mL): from its label where it has one
+    (``source: label``), else from the predictor's segmentation of it, given the visits before
+    it, written to ``folder/<visit>.nii.gz`` (``source: model``); without either, no volumes."""
+    rows = []
+    for i, visit in enumerate(context):
+        label, source = visit.label, "label"
+        if label is None and getattr(predictor, "segments", False):
+            label, source = predictor.predict(context[: i + 1], visit.days).label, "model"
+            name = f"{check_token(visit.visit, 'visit')}.nii.gz"
+            save_nifti(folder / name, label, visit.affine, np.uint8)
+        row = {
+            "visit": visit.visit,
+            "days": visit.days,
+            "source": source if label is not None else None,
+        }
+        if label is not None:
+            core, lesion = lesion_volumes_ml(label, voxel_volume_ml(visit.affine))
+            row.update(core_ml=round(core, 4), lesion_ml=round(lesion, 4))
+        rows.append(row)
+    return rows
+
+
 def predict_followup(
     predictor: Predictor,
     patient: PatientSeries,
@@ -68,6 +96,7 @@ def predict_followup(
     context = [load_visit(v) for v in patient.visits]
     target = context[-1].days + days_ahead
     pred = predictor.predict(context, target)
+    visits = measured_visits(predictor, context, folder / "visits")
     affine = context[-1].affine
     for contrast, image in pred.images.items():
         save_nifti(
@@ -82,9 +111,8 @@ def predict_followup(
         **_interval(getattr(predictor, "calibration", None), len(context), days_ahead, pred),
         "status": pred.status,
     }
-    write_text_atomic(
-        folder / "prediction.json", json.dumps({**row, "model": dict(model)}, indent=2) + "\n"
-    )
+    record = {**row, "model": dict(model), "visits": visits}
+    write_text_atomic(folder / "prediction.json", json.dumps(record, indent=2) + "\n")
     log.info(
         "%s: day %.0f -> core %.2f ml [%s], %s",
         patient.patient,

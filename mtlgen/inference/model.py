@@ -52,6 +52,7 @@ class ModelPredictor:
         self.device = device
         self.contrasts = list(model.contrasts)
         self.calibration = calibration
+        self.segments = "seg" in model.tasks  # it answers a visit whose label is hidden
         tasks = model.tasks
         self.name = f"mtl-{model.sharing}" if tasks == TASKS else f"single-{tasks[0]}-copy-last"
 

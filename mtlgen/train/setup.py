@@ -110,6 +110,13 @@ def build_data(
     val_series = [by_id[p] for p in split.val] or train_series
     if not train_series:
         raise ValueError("split has no training patients")
+    if not any(v.label is not None for s in train_series for v in s.visits):
+        raise ValueError(
+            f"none of the {len(train_series)} training patients has a labelled visit: training "
+            "needs lesion labels (BIDS derivatives/labels, or a manifest's 'label' column); to "
+            "segment and forecast unlabelled patients, predict with a model trained elsewhere "
+            "(mtlgen predict)"
+        )
     dropout = params.data.mask_dropout if "seg" in tasks else 0.0
     prog, dims, seed = params.progression, params.model.spatial_dims, params.seed
     train_ds, val_ds = (
