@@ -59,7 +59,7 @@ def test_match_reference_recovers_the_gain_despite_a_changed_region():
 
 
 @pytest.fixture(scope="module")
-def growing_lesion(tmp_path_factory):
+def growing_lesion(tmp_path_factory, register_params):
     """One patient at 4 mm whose lesion (core + edema) grows from about 1 to over 100 mL over 6
     visits, registered for real."""
     root = tmp_path_factory.mktemp("grow")
@@ -79,17 +79,7 @@ def growing_lesion(tmp_path_factory):
         missing_contrast_prob=0.0,
     )
     write_cohort(cfg, 5, root / "bids", progress=False)
-    from mtlgen.config import Params
-
-    params = Params.model_validate(
-        {
-            "registry": {
-                "url": f"sqlite:///{root / 'registry.sqlite'}",
-                "key_file": str(root / "pseudonym.key"),
-            },
-            "preprocess": {"out_dir": str(root / "processed")},
-        }
-    )
+    params = register_params(root)
     register_source(root / "bids", params, progress=False)
     with (root / "bids/derivatives/groundtruth/visits.tsv").open() as fh:
         lesion_ml = [
