@@ -44,7 +44,7 @@ def test_wrong_type_names_path_and_expected_type(tmp_path):
 
 def test_out_of_range_names_path_and_bound(tmp_path):
     with pytest.raises(
-        ConfigError, match=r"synth\.spacing_mm: Input should be greater than or equal to 0\.5"
+        ConfigError, match=r"synth\.spacing_mm: .*within 0\.5 and 8 mm \(got 0\.1\)"
     ):
         load_config(write(tmp_path, "synth:\n  spacing_mm: 0.1\n"))
 

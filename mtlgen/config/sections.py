@@ -1,112 +1,16 @@
-"""The one source of settings: a pydantic schema of ``params.yaml``.
-
-Every section forbids unknown keys, so a typo fails before any work starts, with the
-dotted key path and what was expected in the message. ``load_config`` applies
-``-S key.path=value`` overrides (values parsed as YAML) before validation.
-"""
+"""The settings sections of every stage but ``synth``: registry, preprocessing, data, model,
+training, evaluation, progression rule, tracking, flows and prediction."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from mtlgen.config.base import Section
 from mtlgen.cron import check_cron
 from mtlgen.ids import check_token
-
-DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ConfigError(ValueError):
-    """A settings file or override that does not match the schema."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-Spacing = Annotated[float, Field(ge=0.5, le=8.0)]
-Axcodes = Annotated[str, Field(pattern=r"^[LRAPSI]{3}$")]
-StorageType = Literal["int16", "uint16", "float32"]
-GrowthLawName = Literal["gompertz", "logistic", "exponential", "linear"]
-
-
-class SynthConfig(Section):
-    """Synthetic longitudinal cohort on the MNI ICBM152 2009 anatomy.
-
-    The demo cohort uses the defaults; stress cohorts (``bench/cohorts/``) vary what a real
-    cohort varies in: growth law and carrying capacity per patient, several lesions, anisotropic
-    voxels, a mix of orientations and storage types, per-patient contrast.
-    """
-
-    out_dir: Path = Path("data/raw/demo")
-    patients: int = Field(24, ge=1, le=10_000)
-    workers: int = Field(2, ge=1, le=64)
-    visits_min: int = Field(3, ge=2, le=50)
-    visits_max: int = Field(6, ge=2, le=50)
-    interval_days_min: float = Field(45.0, gt=0)
-    interval_days_max: float = Field(240.0, gt=0)
-    spacing_mm: Spacing | tuple[Spacing, Spacing, Spacing] = 2.0  # isotropic, or x, y, z
-    orientation: Axcodes | list[Axcodes] = "RAS"  # a list: each patient draws one
-    dtype: StorageType | list[StorageType] = "int16"  # a list: each patient draws one
-    fraction_stable: float = Field(0.25, ge=0, le=1)
-    fraction_responding: float = Field(0.25, ge=0, le=1)
-    lesion_volume_ml: tuple[float, float] = (1.0, 4.0)
-    lesion_max_volume_ml: float = Field(16.0, gt=0)
-    # growth towards a carrying capacity: drawn per patient from capacity_ml (default: the one
-    # lesion_max_volume_ml); "mixed" draws one of the laws per lesion
-    growth_law: GrowthLawName | Literal["mixed"] = "gompertz"
-    capacity_ml: tuple[float, float] | None = None
-    lesions: tuple[int, int] = (1, 1)  # lesions per patient, drawn in [min, max]
-    contrast_jitter: float = Field(0.0, ge=0, le=0.5)  # per-patient tissue/lesion contrast sd
-    growth_rate_per_year: tuple[float, float] = (0.8, 2.5)
-    shrink_rate_per_year: tuple[float, float] = (0.8, 2.0)
-    edema_scale: float = Field(1.35, gt=1.0, le=3.0)
-    deformation_mm: float = Field(3.0, ge=0, le=10)
-    atrophy_per_year: float = Field(0.02, ge=0, le=0.2)
-    max_rotation_deg: float = Field(10.0, ge=0, le=45)
-    max_translation_mm: float = Field(10.0, ge=0, le=50)
-    missing_contrast_prob: float = Field(0.15, ge=0, le=1)
-    noise_sigma: float = Field(0.025, ge=0, le=0.5)
-    bias_strength: float = Field(0.15, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> SynthConfig:
-        if self.visits_max < self.visits_min:
-            raise ValueError("visits_max must be >= visits_min")
-        if self.interval_days_max < self.interval_days_min:
-            raise ValueError("interval_days_max must be >= interval_days_min")
-        if self.fraction_stable + self.fraction_responding > 1:
-            raise ValueError("fraction_stable + fraction_responding must be <= 1")
-        for name in ("lesion_volume_ml", "growth_rate_per_year", "shrink_rate_per_year"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi:
-                raise ValueError(f"{name} must be an increasing pair of positive numbers")
-        if self.lesion_max_volume_ml <= self.lesion_volume_ml[1]:
-            raise ValueError("lesion_max_volume_ml must exceed lesion_volume_ml's upper bound")
-        if self.capacity_ml is not None and not (
-            self.lesion_volume_ml[1] < self.capacity_ml[0] <= self.capacity_ml[1]
-        ):
-            raise ValueError("capacity_ml must be an increasing pair above lesion_volume_ml")
-        if not 1 <= self.lesions[0] <= self.lesions[1] <= 3:
-            raise ValueError("lesions must be an increasing pair within [1, 3]")
-        return self
-
-    @property
-    def voxel_mm(self) -> tuple[float, float, float]:
-        """The voxel size (x, y, z) in mm."""
-        s = self.spacing_mm
-        return (s, s, s) if isinstance(s, float | int) else tuple(float(v) for v in s)
 
 
 class ProgressionConfig(Section):
@@ -330,83 +234,3 @@ class PredictConfig(Section):
     model: str = Field("champion", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     days_ahead: float = Field(180.0, gt=0, le=3650)
     out_dir: Path = Path("data/predictions/pipeline")
-
-
-class Params(Section):
-    """Root of params.yaml."""
-
-    seed: int = Field(0, ge=0)
-    synth: SynthConfig = SynthConfig()
-    progression: ProgressionConfig = ProgressionConfig()
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    registry: RegistryConfig = RegistryConfig()
-    preprocess: PreprocessConfig = PreprocessConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    predict: PredictConfig = PredictConfig()
-    flows: FlowsConfig = FlowsConfig()
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    if not all(keys):
-        raise ConfigError(f"override {dotted!r}: empty key in dotted path")
-    node = tree
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {key!r} is a value, not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``key.path=value``; the value is parsed as YAML (``3`` -> int, ``[1,2]`` -> list)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. synth.patients=8")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    return key.strip(), value
-
-
-def _describe(error: dict[str, Any]) -> str:
-    path = ".".join(str(p) for p in error["loc"]) or "<root>"
-    msg = error["msg"]
-    if error["type"] == "extra_forbidden":
-        msg = "unknown key (check spelling; see params.yaml for the valid keys)"
-    elif "input" in error and error["type"] != "missing":
-        msg = f"{msg} (got {error['input']!r})"
-    return f"{path}: {msg}"
-
-
-def validate_params(tree: dict[str, Any], source: str = "params.yaml") -> Params:
-    try:
-        return Params.model_validate(tree)
-    except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
-        raise ConfigError(f"{source}: invalid settings\n  " + "\n  ".join(lines)) from None
-
-
-def load_config(path: Path | str | None = DEFAULT_PARAMS, overrides: list[str] = ()) -> Params:
-    """Read ``path`` (missing file -> defaults), apply overrides, validate."""
-    tree: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None and Path(path).exists():
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        tree = loaded or {}
-    elif path is not None and Path(path) != DEFAULT_PARAMS:
-        raise ConfigError(f"{path}: settings file not found")
-    for text in overrides:
-        _set_dotted(tree, *parse_override(text))
-    return validate_params(tree, source)
