@@ -1,5 +1,6 @@
 """Shared fixtures: small synthetic cohorts built once per test session."""
 
+import csv
 from pathlib import Path
 
 import nibabel as nib
@@ -164,27 +165,16 @@ def register_params():
 
 @pytest.fixture(scope="session")
 def manifest_rows():
-    """Factory: CSV manifest rows (dicts) for some patients of a BIDS cohort, via discovery."""
-    from mtlgen.io.sources import discover_bids
+    """Factory: CSV manifest rows (dicts) for some patients of a synthetic cohort: the rows of
+    the ``manifest.csv`` that ``write_cohort`` writes beside it, with absolute paths."""
 
     def rows(cohort: Path, patients: set[str]) -> list[dict]:
-        out = []
-        for patient in discover_bids(cohort):
-            if patient.patient_id not in patients:
-                continue
-            for visit in patient.visits:
-                for scan in visit.scans:
-                    out.append(
-                        {
-                            "patient": patient.patient_id,
-                            "visit": visit.visit_id,
-                            "date": visit.date.isoformat(),
-                            "modality": scan.modality,
-                            "image": str(scan.files[0]),
-                            "label": str(visit.label.files[0]) if visit.label else "",
-                        }
-                    )
-        return out
+        with (cohort / "manifest.csv").open(newline="") as fh:
+            chosen = [r for r in csv.DictReader(fh) if r["patient"] in patients]
+        for row in chosen:
+            for column in ("image", "label"):
+                row[column] = str(cohort / row[column]) if row[column] else ""
+        return chosen
 
     return rows
 
