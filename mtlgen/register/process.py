@@ -32,7 +32,8 @@ from mtlgen.registry.record import ScanRecord
 @dataclass
 class _Baseline:
     """The patient's model grid, its baseline reference image on it (``fixed``), and the
-    baseline's image of any contrast, looked up once (from this run's files, else from disk)."""
+    baseline's image of any contrast with its head mask, looked up once (from this run's files,
+    else from disk)."""
 
     patient: Patient
     pending: list[Pending]
@@ -41,6 +42,7 @@ class _Baseline:
     fixed: np.ndarray = field(init=False)
     mask: np.ndarray = field(init=False)
     images: dict[str, np.ndarray | None] = field(default_factory=dict)
+    heads: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         fixed = self.image(self.patient.reference)
@@ -57,6 +59,13 @@ class _Baseline:
                 self.patient, self.pending, self.grid, self.params, contrast
             )
         return self.images[contrast]
+
+    def head(self, contrast: str) -> np.ndarray:
+        """The head (Otsu foreground) of the baseline's image of ``contrast``, which exists."""
+        if contrast not in self.heads:
+            image = self.images[contrast]
+            self.heads[contrast] = foreground(image, image > 0)
+        return self.heads[contrast]
 
 
 def pick_reference(available: list[str], preferred: list[str]) -> str:
@@ -151,7 +160,7 @@ def _write_on_grid(
         else:
             image, inside = grid_image(p.volume, grid, transform, params)
             if visit_id != patient.baseline_visit and params.preprocess.intensity_match_baseline:
-                image = _matched(image, inside, base.image(p.scan.modality))
+                image = _matched(image, inside, base, p.scan.modality)
             p.processed = out_dir / f"{p.scan.modality}-{p.sha[:12]}.nii"
             save_nifti(p.processed, image, grid.affine, dtype=np.float32)
             same = p.scan.modality == patient.reference and visit_id != patient.baseline_visit
@@ -159,12 +168,13 @@ def _write_on_grid(
         p.result = {"to_baseline": transform, "reference": reference, "mi": mi, "ncc": quality}
 
 
-def _matched(image: np.ndarray, inside: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+def _matched(image: np.ndarray, inside: np.ndarray, base: _Baseline, contrast: str) -> np.ndarray:
     """A follow-up image scaled onto its baseline's image of the same contrast over the head in
     both (unchanged when the baseline lacks that contrast)."""
+    reference = base.image(contrast)
     if reference is None:
         return image
-    head = foreground(image, inside) & foreground(reference, reference > 0)
+    head = foreground(image, inside) & base.head(contrast)
     return match_reference(image, reference, head)[0]
 
 

@@ -79,7 +79,14 @@ class Recorded:
 def load_patient(reg: RegistryConfig, pseudonym: str) -> Patient | None:
     """The patient with its visits, scans, labels and results loaded (detached), or None."""
     with session_scope(reg.url, reg.sqlite_timeout_s) as session:
-        return _load_patient(session, pseudonym)
+        return session.scalars(
+            select(Patient)
+            .where(Patient.pseudonym == pseudonym)
+            .options(
+                selectinload(Patient.visits).selectinload(Visit.scans).selectinload(Scan.result),
+                selectinload(Patient.visits).selectinload(Visit.labels).selectinload(Label.result),
+            )
+        ).one_or_none()
 
 
 def insert_patient(
@@ -130,17 +137,6 @@ def record_patient(
         for rej in rejections:
             _add_rejection(session, pseudonym, rej)
     return Recorded(registered, unchanged)
-
-
-def _load_patient(session: Session, pseudonym: str) -> Patient | None:
-    return session.scalars(
-        select(Patient)
-        .where(Patient.pseudonym == pseudonym)
-        .options(
-            selectinload(Patient.visits).selectinload(Visit.scans).selectinload(Scan.result),
-            selectinload(Patient.visits).selectinload(Visit.labels).selectinload(Label.result),
-        )
-    ).one_or_none()
 
 
 def _add_version(session: Session, patient_id: int, rec: ScanRecord) -> bool:

@@ -145,7 +145,8 @@ class PatientModel:
         deformation: SmoothField,
         others: list[Lesion],
     ) -> Lesion:
-        """A lesion in deep white matter, at least ``_LESION_SEPARATION_MM`` from ``others``."""
+        """A lesion in deep white matter, at least ``_LESION_SEPARATION_MM`` from ``others`` (the
+        last of 100 draws when none is that far)."""
         points = anatomy.deep_wm_points
         for _ in range(100):
             center = points[rng.integers(len(points))]

@@ -52,7 +52,8 @@ def save_checkpoint(directory: Path | str, model: MultiTaskNet, meta: dict[str, 
     into ``directory``, each file atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
+    # beside the folder, not in it: a save killed midway leaves nothing in what MLflow logs
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}-") as tmp:
         model.save_pretrained(tmp)
         for name in (WEIGHTS, CONFIG):
             os.replace(Path(tmp) / name, directory / name)

@@ -89,9 +89,9 @@ def _start_or_resume(
 
 def _record_epoch(
     loop: dict[str, Any], stats: EpochStats, val: dict[str, float], weights, t_epoch: float
-) -> tuple[dict[str, float], bool]:
-    """Update the counters with one epoch (early stopping included); return its history row
-    and whether it improved on the best validation loss."""
+) -> bool:
+    """Update the counters and the history with one epoch (early stopping included); return
+    whether it improved on the best validation loss."""
     epoch = loop["epoch"] + 1
     loop["epoch"] = epoch
     loop["train_time_s"] += time.perf_counter() - t_epoch
@@ -113,7 +113,7 @@ def _record_epoch(
     loop["history"].append(row)
     if stats.cosines:
         loop["affinity"].append((sum(stats.cosines) / len(stats.cosines)).tolist())
-    return row, improved
+    return improved
 
 
 def _save_epoch(
@@ -121,13 +121,12 @@ def _save_epoch(
     trainer: Trainer,
     loop: dict[str, Any],
     meta: dict[str, Any],
-    row: dict[str, float],
+    val: dict[str, float],
     improved: bool,
     logger: TrainLogger | None,
 ) -> None:
     """Checkpoints (best when improved, last always), resumable state, history, metrics."""
     net, weighting = trainer.objective.net, trainer.objective.weighting
-    val = {k: v for k, v in row.items() if k.startswith("val_loss")}
     epoch_meta = {**meta, "epoch": loop["epoch"], "val": val}
     if improved:
         save_checkpoint(out_dir / "best", net, epoch_meta)
@@ -135,6 +134,7 @@ def _save_epoch(
     save_train_state(out_dir / "last", net, trainer.optimizer, weighting, loop)
     write_history(loop["history"], out_dir)
     if logger is not None:
+        row = loop["history"][-1]
         logger.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, loop["epoch"])
 
 
@@ -241,14 +241,14 @@ def train_model(
     while loop["epoch"] < cfg.epochs and not loop["stopped"]:
         t_epoch = time.perf_counter()
         data.set_epoch(loop["epoch"])
-        stats = trainer.train_epoch(data.train, len(data.train), loop["epoch"])
+        stats = trainer.train_epoch(data.train, loop["epoch"])
         weighting.end_epoch(stats.means)
         val = trainer.validate(data.val)
         weights = weighting.weights().detach().cpu().tolist()
-        row, improved = _record_epoch(loop, stats, val, weights, t_epoch)
+        improved = _record_epoch(loop, stats, val, weights, t_epoch)
         loop["stopped"] = loop["bad_epochs"] >= cfg.patience
         if procs.main:
-            _save_epoch(out_dir, trainer, loop, meta, row, improved, logger)
+            _save_epoch(out_dir, trainer, loop, meta, val, improved, logger)
         log.info(
             "epoch %d: train %s | val_loss %.4f%s",
             loop["epoch"],

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mtlgen.config import TrainConfig
@@ -132,11 +133,12 @@ class Trainer:
         self.optimizer.step()
         return {t: float(losses[t].detach()) for t in self.tasks}, float(total.detach())
 
-    def train_epoch(self, batches: Iterable, steps: int, epoch: int) -> EpochStats:
+    def train_epoch(self, loader: DataLoader, epoch: int) -> EpochStats:
         """One pass over the training batches; mean task losses over every process."""
         stats = EpochStats(dict.fromkeys(self.tasks, 0.0))
+        steps = len(loader)
         bar = tqdm(
-            batches,
+            loader,
             total=steps,
             unit="step",
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
