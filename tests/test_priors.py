@@ -14,7 +14,7 @@ from mtlgen.models.priors import (
     class_means,
     dilate,
     extrapolated_log_volume,
-    fit_gompertz,
+    fit_growth_prior,
     gaussian_blur,
     gompertz_at_target,
     line_at_target,
@@ -153,7 +153,7 @@ def test_stable_tissue_mean_averages_visits_whose_label_agrees_with_the_referenc
     assert none.tolist() == fallback.tolist()
 
 
-def test_extrapolated_log_volume_moves_the_line_towards_the_other_extrapolations():
+def test_extrapolated_log_volume_moves_the_line_within_the_other_extrapolations():
     # 1, 2, 3 ml one year apart, target one year after the last visit: line 4 ml, last 3 ml
     volumes = torch.tensor([[[1.0], [2.0], [3.0]]])
     years = torch.tensor([[-3.0, -2.0, -1.0]])
@@ -164,17 +164,22 @@ def test_extrapolated_log_volume_moves_the_line_towards_the_other_extrapolations
         capacity = torch.tensor([8.0])
         return float(extrapolated_log_volume(volumes, years, valid, ref, weights, capacity))
 
-    _, intercept = np.polyfit([-3.0, -2.0, -1.0], np.log1p([1.0, 2.0, 3.0]), 1)
     assert log_ml(0, 0) == pytest.approx(np.log1p(4.0), abs=1e-5)  # linear extrapolation
-    assert log_ml(1, 0) == pytest.approx(intercept, abs=1e-5)  # the log-linear fit
     assert log_ml(0, 1) == pytest.approx(np.log1p(3.0), abs=1e-5)  # the reference volume
     halfway = (np.log1p(4.0) + np.log1p(3.0)) / 2
     assert log_ml(0, 0.5) == pytest.approx(halfway, abs=1e-5)
-    assert log_ml(0, -40) == pytest.approx(np.log1p(1000.0), abs=1e-5)  # capped at 1 litre
     # the Gompertz fit towards 8 ml: log(log 8 - log V) is a line through the three visits
     z = np.log(np.log(8.0) - np.log([1.0, 2.0, 3.0]))
     _, z0 = np.polyfit([-3.0, -2.0, -1.0], z, 1)
-    assert log_ml(0, 0, 1) == pytest.approx(np.log1p(8.0 * np.exp(-np.exp(z0))), abs=1e-5)
+    gompertz = np.log1p(8.0 * np.exp(-np.exp(z0)))
+    assert log_ml(0, 0, 1) == pytest.approx(gompertz, abs=1e-5)
+    # never beyond the linear, reference and Gompertz volumes: the log-linear fit (above the
+    # line here) and any weight pull only within them
+    top = max(np.log1p(4.0), gompertz)
+    _, intercept = np.polyfit([-3.0, -2.0, -1.0], np.log1p([1.0, 2.0, 3.0]), 1)
+    assert intercept > top and log_ml(1, 0) == pytest.approx(top, abs=1e-5)
+    assert log_ml(0, -40) == pytest.approx(top, abs=1e-5)
+    assert log_ml(0, 40) == pytest.approx(np.log1p(3.0), abs=1e-5)
 
 
 def _gompertz(k: float, v0: float, rate: float, days: np.ndarray) -> np.ndarray:
@@ -222,16 +227,16 @@ def _cases(volume_law, n: int = 30, seed: int = 0):
     )
 
 
-def test_fit_gompertz_finds_the_carrying_capacity_of_gompertz_growth():
-    capacity, weight = fit_gompertz(*_cases(lambda v0, r, d: _gompertz(16.0, v0, r, d)))
+def test_fit_growth_prior_finds_the_carrying_capacity_of_gompertz_growth():
+    capacity, weight = fit_growth_prior(*_cases(lambda v0, r, d: _gompertz(16.0, v0, r, d)))
     # the grid's nearest capacities (steps of 2^(1/4)), per volume type
     assert capacity[0] == pytest.approx(16.0, rel=0.1)
     assert capacity[1] == pytest.approx(24.0, rel=0.1)
     assert weight.tolist() == pytest.approx([0.95, 0.95])
 
 
-def test_fit_gompertz_keeps_linear_extrapolation_for_linear_growth():
-    _, weight = fit_gompertz(*_cases(lambda v0, r, d: v0 + r * d / 365.25))
+def test_fit_growth_prior_keeps_linear_extrapolation_for_linear_growth():
+    _, weight = fit_growth_prior(*_cases(lambda v0, r, d: v0 + r * d / 365.25))
     assert weight.tolist() == [0.0, 0.0]
 
 
@@ -314,8 +319,8 @@ def test_sized_label_ranks_in_the_lesion_box_as_over_the_whole_map(trial):
     ],
     ids=["exponential", "logistic", "gompertz-per-patient-capacity"],
 )
-def test_fit_gompertz_beats_linear_extrapolation_on_held_out_cases_of_other_growth_laws(law):
-    capacity, weight = fit_gompertz(*_cases(law, n=40, seed=0))
+def test_fit_growth_prior_beats_linear_extrapolation_on_held_out_cases_of_other_growth_laws(law):
+    capacity, weight = fit_growth_prior(*_cases(law, n=40, seed=0))
     volumes, years, valid, ref, truth = _cases(law, n=200, seed=1)
     fitted = torch.zeros(2, 3)
     fitted[:, 2] = weight

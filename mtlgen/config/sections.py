@@ -133,6 +133,7 @@ class DataConfig(Section):
     max_context: int = Field(3, ge=1, le=16)
     reconstruction: bool = True
     mask_dropout: float = Field(0.5, ge=0, le=1)
+    unlabelled_fraction: float = Field(0.25, ge=0, le=1)
     augment: bool = True
     flip_prob: float = Field(0.5, ge=0, le=1)
     affine_prob: float = Field(0.3, ge=0, le=1)
@@ -164,8 +165,8 @@ class TrainConfig(Section):
     """Optimisation, loss weighting, gradient surgery, task affinity, checkpoints."""
 
     out_dir: Path = Path("data/models/mtl")
-    task: Literal["all", "seg", "future_seg", "progression", "image"] = "all"
-    epochs: int = Field(8, ge=1, le=10_000)
+    task: Literal["all", "seg", "future_seg", "progression", "image", "image_seg"] = "all"
+    epochs: int = Field(30, ge=1, le=10_000)
     batch_size: int = Field(2, ge=1, le=256)
     lr: float = Field(2e-3, gt=0, le=1)
     weight_decay: float = Field(1e-5, ge=0)
@@ -179,7 +180,8 @@ class TrainConfig(Section):
     image_lesion_weight: float = Field(1.0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     affinity_batches: int = Field(2, ge=0, le=1000)
-    patience: int = Field(4, ge=1)
+    patience: int = Field(3, ge=1)
+    min_improvement: float = Field(0.01, ge=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     threads: int = Field(0, ge=0, le=256)

@@ -1,7 +1,7 @@
 """Lesion-volume trajectories of a cohort's future cases, read from the labels alone.
 
 What the progression head's closed-form parts are fitted on before training
-(``mtlgen.models.priors.fit_gompertz``), and what ``bench/volume_corrections.py`` scores.
+(``mtlgen.models.priors.fit_growth_prior``), and what ``bench/volume_corrections.py`` scores.
 """
 
 from __future__ import annotations

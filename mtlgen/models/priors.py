@@ -6,8 +6,9 @@
   the line of log(log K - log V) over time (the standard law of a growing tumour).
 - ``extrapolated_log_volume``: that line read for the lesion volumes, moved in log-volume
   towards or away from the log-linear fit, the reference visit's volume and the Gompertz fit
-  by given weights (zero weights: linear extrapolation); ``fit_gompertz`` chooses K and the
-  Gompertz weight on a cohort's volume trajectories.
+  by given weights (zero weights: linear extrapolation), never beyond the linear, reference
+  and Gompertz volumes; ``fit_growth_prior`` chooses K and the Gompertz weight on a cohort's
+  volume trajectories.
 - ``nearest_given_mask``: for every context visit, the given mask of the visit nearest in time
   (all visits sit on the baseline's grid, so it is where the lesion was a few months away).
 - ``mask_logits``: a mask as logits, added to a mask head's output so that the head starts
@@ -98,7 +99,9 @@ def extrapolated_log_volume(
     (ml) over ``years`` [B, K] (valid [B, K] visits), moved in log-volume by ``weights`` [V, 3]
     towards the log-linear fit (column 0), the volume of slot ``ref`` [B] (column 1) and the
     Gompertz fit towards ``capacity`` [V] ml (column 2). Zero weights give linear
-    extrapolation. -> [B, V] float32 in [0, MAX_LOG_VOLUME]."""
+    extrapolation. The result never leaves the range of the linear, reference and Gompertz
+    volumes (the log-linear fit, which can run away, only pulls within it).
+    -> [B, V] float32 in [0, MAX_LOG_VOLUME]."""
     candidates = torch.stack(  # [B, V, 4 extrapolations] in ml
         [
             line_at_target(volumes, years, valid).clamp_min(0.0),
@@ -108,15 +111,16 @@ def extrapolated_log_volume(
         ],
         dim=-1,
     ).float()
-    logs = candidates.log1p()
+    logs = candidates.log1p().clamp_max(MAX_LOG_VOLUME)
     moved = logs[..., 0] + (weights * (logs[..., 1:] - logs[..., :1])).sum(-1)
-    return moved.clamp(0.0, MAX_LOG_VOLUME)
+    bounded = logs[..., [0, 2, 3]]
+    return moved.clamp(bounded.amin(-1), bounded.amax(-1))
 
 
-GOMPERTZ_WEIGHTS = (0.25, 0.5, 0.75, 0.9, 0.95)  # tried by ``fit_gompertz``
+GOMPERTZ_WEIGHTS = (0.25, 0.5, 0.75, 0.9, 0.95)  # tried by ``fit_growth_prior``
 
 
-def fit_gompertz(
+def fit_growth_prior(
     volumes: torch.Tensor,
     years: torch.Tensor,
     valid: torch.Tensor,

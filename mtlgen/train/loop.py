@@ -38,6 +38,7 @@ from mtlgen.train.objective import TrainingObjective
 from mtlgen.train.records import TrainResult, write_affinity, write_history
 from mtlgen.train.setup import build_data, build_model, fingerprint, model_kwargs, resolve_tasks
 from mtlgen.train.state import load_train_state, read_loop, save_train_state
+from mtlgen.train.stopping import record_validation
 from mtlgen.train.trainer import EpochStats, Trainer
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def _fresh_loop(fingerprint_: str) -> dict[str, Any]:
         "best": math.inf,
         "best_epoch": 0,
         "bad_epochs": 0,
+        "bar": math.inf,  # what the next epoch must beat to count as progress
         "history": [],
         "affinity": [],
         "train_time_s": 0.0,
@@ -88,7 +90,12 @@ def _start_or_resume(
 
 
 def _record_epoch(
-    loop: dict[str, Any], stats: EpochStats, val: dict[str, float], weights, t_epoch: float
+    loop: dict[str, Any],
+    stats: EpochStats,
+    val: dict[str, float],
+    weights,
+    t_epoch: float,
+    min_improvement: float,
 ) -> bool:
     """Update the counters and the history with one epoch (early stopping included); return
     whether it improved on the best validation loss."""
@@ -98,9 +105,8 @@ def _record_epoch(
     loop["affinity_time_s"] += stats.affinity_s
     improved = val["val_loss"] < loop["best"] - 1e-6
     if improved:
-        loop.update(best=val["val_loss"], best_epoch=epoch, bad_epochs=0, best_val=val)
-    else:
-        loop["bad_epochs"] += 1
+        loop.update(best=val["val_loss"], best_epoch=epoch, best_val=val)
+    record_validation(loop, val["val_loss"], min_improvement)
     row = {
         "epoch": epoch,
         **{f"train_loss_{t}": v for t, v in stats.means.items()},
@@ -245,7 +251,7 @@ def train_model(
         weighting.end_epoch(stats.means)
         val = trainer.validate(data.val)
         weights = weighting.weights().detach().cpu().tolist()
-        improved = _record_epoch(loop, stats, val, weights, t_epoch)
+        improved = _record_epoch(loop, stats, val, weights, t_epoch, cfg.min_improvement)
         loop["stopped"] = loop["bad_epochs"] >= cfg.patience
         if procs.main:
             _save_epoch(out_dir, trainer, loop, meta, val, improved, logger)

@@ -19,7 +19,7 @@ from mtlgen.data.splits import Split
 from mtlgen.data.trajectories import volume_trajectories
 from mtlgen.io.series import PatientSeries
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet
-from mtlgen.models.priors import fit_gompertz
+from mtlgen.models.priors import fit_growth_prior
 from mtlgen.train.distributed import Processes
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ def build_model(
     cases = volume_trajectories(train_series, params.data.max_context)
     if not len(cases):
         return model, {}
-    capacity, weight = fit_gompertz(cases.volumes, cases.years, cases.valid, cases.ref, cases.truth)
+    capacity, weight = fit_growth_prior(
+        cases.volumes, cases.years, cases.valid, cases.ref, cases.truth
+    )
     model.set_growth_prior(capacity, weight)
     prior = {"capacity_ml": capacity.tolist(), "weight": weight.tolist()}
     log.info(
@@ -93,15 +95,12 @@ class TrainingData:
         self.train.dataset.set_epoch(epoch)
 
 
-def build_data(
-    params: Params,
-    series: Sequence[PatientSeries],
-    split: Split,
-    tasks: Sequence[str],
-    procs: Processes,
-) -> TrainingData:
-    """Datasets of the split's training patients (augmented, masks dropped out for ``seg``) and
-    validation patients (the training patients when the split has none), and their loaders."""
+def split_series(
+    series: Sequence[PatientSeries], split: Split
+) -> tuple[list[PatientSeries], list[PatientSeries]]:
+    """The series of the split's training and validation patients (the training patients when
+    it has no validation ones); fails if a listed patient has no series or no training patient
+    has a labelled visit."""
     by_id = {s.patient: s for s in series}
     missing = [p for p in (*split.train, *split.val) if p not in by_id]
     if missing:
@@ -117,6 +116,19 @@ def build_data(
             "segment and forecast unlabelled patients, predict with a model trained elsewhere "
             "(mtlgen predict)"
         )
+    return train_series, val_series
+
+
+def build_data(
+    params: Params,
+    series: Sequence[PatientSeries],
+    split: Split,
+    tasks: Sequence[str],
+    procs: Processes,
+) -> TrainingData:
+    """Datasets of the split's training patients (augmented, masks dropped out for ``seg``) and
+    validation patients (the training patients when the split has none), and their loaders."""
+    train_series, val_series = split_series(series, split)
     dropout = params.data.mask_dropout if "seg" in tasks else 0.0
     prog, dims, seed = params.progression, params.model.spatial_dims, params.seed
     train_ds, val_ds = (
@@ -143,7 +155,16 @@ def build_data(
 def fingerprint(params: Params, tasks: Sequence[str], split: Split) -> str:
     """What must match for a saved run to be resumed (not epochs, device or progress display)."""
     train = params.train.model_dump(
-        mode="json", exclude={"out_dir", "epochs", "patience", "device", "threads", "progress"}
+        mode="json",
+        exclude={
+            "out_dir",
+            "epochs",
+            "patience",
+            "min_improvement",
+            "device",
+            "threads",
+            "progress",
+        },
     )
     blob = {
         "seed": params.seed,
