@@ -112,11 +112,12 @@ def test_metrics_json_has_stable_keys(evaluation):
         for kind in block.values():
             assert set(kind) == set(METRICS)
             assert all(set(entry) == {"mean", "std", "n"} for entry in kind.values())
-    expected = {"future": 0, "reconstruction": 0, "current": 0}
+    expected = {"future": 0, "reconstruction": 0, "current": 0, "unlabelled": 0}
     for series in chosen:
         for spec in enumerate_samples(series, MAX_CONTEXT):
             expected[spec.kind] += 1
         expected["current"] += sum(v.label is not None for v in series.visits)
+        expected["unlabelled"] += sum(v.label is not None for v in series.visits)
     assert on_disk["meta"]["cases"] == expected
     assert on_disk["meta"]["test_patients"] == [s.patient for s in chosen]
     assert primary_scores(on_disk, "copy_last", cfg) == {
@@ -339,3 +340,6 @@ def test_a_model_checkpoint_is_evaluated_under_its_configured_name(aligned_serie
     assert current["dice_lesion"]["n"] == len(aligned_series[0].visits)
     assert 0.0 <= current["dice_lesion"]["mean"] <= 1.0
     assert current["image_mae_brain"]["n"] == 0  # the image is given, not predicted
+    # the same visits in a series with no mask at all: segmented from the images alone
+    unlabelled = result.metrics["results"]["mtl"]["unlabelled"]
+    assert unlabelled["dice_lesion"]["n"] == len(aligned_series[0].visits)

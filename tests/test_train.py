@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,8 +21,9 @@ from mtlgen.config import load_config
 from mtlgen.data.splits import Split
 from mtlgen.data.trajectories import volume_trajectories
 from mtlgen.inference.model import load_predictor
-from mtlgen.models.priors import fit_gompertz
-from mtlgen.train.checkpoints import read_meta
+from mtlgen.models.hub import read_meta
+from mtlgen.models.mtl_net import MultiTaskNet
+from mtlgen.models.priors import fit_growth_prior
 
 TINY = [
     "model.features=[4,8,16]",
@@ -75,9 +77,13 @@ def test_training_writes_checkpoints_history_and_affinity(tmp_path, tiny_series)
     assert predictor.name == "mtl-hard"
     # the progression head started from the training patients' Gompertz fit
     train = volume_trajectories(tiny_series[:3], max_context=2)
-    capacity, weight = fit_gompertz(train.volumes, train.years, train.valid, train.ref, train.truth)
+    capacity, weight = fit_growth_prior(
+        train.volumes, train.years, train.valid, train.ref, train.truth
+    )
     meta = read_meta(result.checkpoint_dir)
     assert meta["growth_prior"] == {"capacity_ml": capacity.tolist(), "weight": weight.tolist()}
+    loaded = MultiTaskNet.from_pretrained(result.checkpoint_dir)  # local
+    assert torch.equal(loaded.growth_weights[:, 2], weight)  # fixed: training does not move it
 
 
 def test_pcgrad_changes_the_step_not_the_measured_task_affinity(tmp_path, tiny_series):
@@ -305,3 +311,54 @@ def test_torchrun_two_process_gloo_keeps_weights_in_sync(tmp_path, tiny_series, 
     )
     a, b = _weights(out / "last"), _weights(single / "last")
     assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_training_stops_when_validation_stops_progressing():
+    from mtlgen.train.loop import _fresh_loop, _record_epoch
+    from mtlgen.train.trainer import EpochStats
+
+    loop = _fresh_loop("x")
+    # falls by 10 %, then by ever less than 1 % of itself: progress stops after epoch 3
+    losses = [1.0, 0.9, 0.81, 0.805, 0.803, 0.802, 0.8015]
+    stopped_after = None
+    for loss in losses:
+        stats = EpochStats({"seg": loss})
+        improved = _record_epoch(loop, stats, {"val_loss": loss}, [1.0], 0.0, 0.01)
+        assert improved  # every lower loss is the best checkpoint
+        if loop["bad_epochs"] >= 3 and stopped_after is None:
+            stopped_after = loop["epoch"]
+    assert stopped_after == 6 and loop["best_epoch"] == 7
+    # a 1 % gain over the bar counts again
+    _record_epoch(loop, EpochStats({"seg": 0.79}), {"val_loss": 0.79}, [1.0], 0.0, 0.01)
+    assert loop["bad_epochs"] == 0
+
+
+def test_the_image_only_segmenter_learns_lesions_and_answers_only_segmentation(
+    tmp_path, tiny_series
+):
+    from mtlgen.evaluate.cases import answers
+    from mtlgen.inference.segmenter import SegmenterPredictor
+    from mtlgen.io.series import load_visit
+    from mtlgen.train.segmenter import train_segmenter
+
+    params = _params("train.epochs=12", "train.patience=12", "train.lr=0.01", "data.augment=false")
+    split = _split(tiny_series)
+    result = train_segmenter(params, tiny_series, split, tmp_path)
+    history = json.loads(result.history_json.read_text())
+    assert result.tasks == ("image_seg",) and len(history) == result.epochs_run == 12
+    assert history[-1]["train_loss_seg"] < 0.7 * history[0]["train_loss_seg"]  # it learns
+    meta = read_meta(result.checkpoint_dir)
+    assert meta["architecture"] == "ImageSegmenter" and meta["epoch"] == result.best_epoch
+    predictor = load_predictor(result.checkpoint_dir)
+    assert isinstance(predictor, SegmenterPredictor)
+    assert answers(predictor, "current") and answers(predictor, "unlabelled")
+    assert not answers(predictor, "future") and not answers(predictor, "reconstruction")
+    # a training visit, its label hidden: the lesion is found from the images alone
+    visit = load_visit(tiny_series[0].visits[1])
+    truth = visit.label > 0
+    hidden = dataclasses.replace(visit, label=None)
+    pred = predictor.predict([hidden], visit.days).label > 0
+    dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+    assert dice > 0.5, dice
+    with pytest.raises(ValueError, match="no context visit on day"):
+        predictor.predict([hidden], visit.days + 30)

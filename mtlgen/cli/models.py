@@ -18,7 +18,8 @@ def train(
     task: Annotated[
         str | None,
         typer.Option(
-            help="all (multi-task) or one of seg, future_seg, progression, image [train.task]."
+            help="all (multi-task), one of seg, future_seg, progression, image (a single-task"
+            " baseline), or image_seg (the image-only MONAI UNet segmentation peer) [train.task]."
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder [train.out_dir].")] = None,

@@ -102,7 +102,8 @@ class LongitudinalDataset(Dataset):
     """All (context -> target) samples of ``series`` from ``enumerate_samples``.
 
     Visits are read once and cached. With ``mask_dropout`` > 0 each context mask is hidden with
-    that probability, at least one per sample (the segmentation target). Augmentation (only
+    that probability, at least one per sample (the segmentation target), and every context mask
+    of a ``cfg.unlabelled_fraction`` of the samples (as in a series that has no mask at all). Augmentation (only
     when ``train``) and mask dropout are drawn from a generator seeded by (seed, epoch, index):
     call ``set_epoch`` so a resumed run sees the same draws.
     """
@@ -189,6 +190,8 @@ class LongitudinalDataset(Dataset):
         if self.mask_dropout > 0:  # at least one hidden mask: the segmentation target
             maskable = (item["visit_valid"] & item["mask_present"]).numpy()
             hide = (rng.random(self.cfg.max_context) < self.mask_dropout) & maskable
+            if rng.random() < self.cfg.unlabelled_fraction:  # a series with no mask at all
+                hide = maskable.copy()
             if maskable.any() and not hide.any():
                 hide[rng.choice(np.flatnonzero(maskable))] = True
             item["mask_input"] = item["mask_input"] & ~torch.from_numpy(hide)

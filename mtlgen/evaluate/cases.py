@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 # future / reconstruction: ``enumerate_samples``; current: segment an observed visit whose
 # label the predictor does not see, given the labels of the visits before it (the first visit
-# of a series is segmented from its images alone)
-KINDS: tuple[str, ...] = ("future", "reconstruction", "current")
+# of a series is segmented from its images alone); unlabelled: the same visits in a series
+# with no mask at all (a clinic's new patient), segmented from the images alone
+KINDS: tuple[str, ...] = ("future", "reconstruction", "current", "unlabelled")
+SEGMENTATION_KINDS = frozenset({"current", "unlabelled"})
 
 
 @dataclass
@@ -104,15 +106,17 @@ def case_specs(
     patient: PatientSeries, max_context: int, reconstruction: bool
 ) -> list[tuple[str, tuple[int, ...], int]]:
     """(kind, context indices, target index) of every case of one patient: the samples of
-    ``enumerate_samples``, then one ``current`` case per labelled visit (context: that visit,
-    its label hidden, and the visits before it, up to ``max_context``)."""
+    ``enumerate_samples``, then one ``current`` and one ``unlabelled`` case per labelled visit
+    (context: that visit and the visits before it, up to ``max_context``; the labels hidden are
+    that visit's, or every one)."""
     specs = [
         (s.kind, s.context, s.target)
         for s in enumerate_samples(patient, max_context, reconstruction)
     ]
-    for j, visit in enumerate(patient.visits):
-        if visit.label is not None:
-            specs.append(("current", tuple(range(max(0, j + 1 - max_context), j + 1)), j))
+    for kind in ("current", "unlabelled"):
+        for j, visit in enumerate(patient.visits):
+            if visit.label is not None:
+                specs.append((kind, tuple(range(max(0, j + 1 - max_context), j + 1)), j))
     return specs
 
 
@@ -129,13 +133,17 @@ def loaded_cases(
             context = [loaded[i] for i in context_idx]
             if kind == "current":  # its label hidden: the predictor has to segment it
                 context[-1] = replace(context[-1], label=None)
+            elif kind == "unlabelled":  # no label at all
+                context = [replace(v, label=None) for v in context]
             yield patient.patient, kind, context, loaded[target]
 
 
 def answers(predictor: Predictor, kind: str) -> bool:
-    """Whether ``predictor`` is scored on cases of ``kind`` (a model without a segmentation
-    head does not answer ``current`` cases)."""
-    return kind != "current" or getattr(predictor, "segments", True)
+    """Whether ``predictor`` is scored on cases of ``kind``: a model without a segmentation
+    head does not answer segmentation cases, an image-only segmenter answers only those."""
+    if kind in SEGMENTATION_KINDS:
+        return getattr(predictor, "segments", True)
+    return not getattr(predictor, "segments_only", False)
 
 
 def select_series(

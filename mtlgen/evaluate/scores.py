@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from mtlgen.evaluate.cases import CaseTruth
+from mtlgen.evaluate.cases import SEGMENTATION_KINDS, CaseTruth
 from mtlgen.evaluate.metrics import (
     dice,
     hd95,
@@ -83,7 +83,7 @@ def case_metrics(pred: Prediction, truth: CaseTruth) -> dict[str, float]:
         )
     per_contrast: dict[str, list[float]] = {}
     for contrast, true_image in target.images.items():
-        if contrast not in pred.images or truth.kind == "current":
+        if contrast not in pred.images or truth.kind in SEGMENTATION_KINDS:
             continue
         image, rng = pred.images[contrast], truth.data_range[contrast]
         local_ssim = ssim_map(image, true_image, rng, truth.ssim_window)

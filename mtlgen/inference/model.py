@@ -30,8 +30,11 @@ import torch
 from mtlgen.data.dataset import encode_context, reference_slot
 from mtlgen.inference.intervals import VolumeCalibration, load_calibration
 from mtlgen.inference.prediction import Prediction, Predictor
+from mtlgen.inference.segmenter import SegmenterPredictor
 from mtlgen.io.series import VisitArrays
+from mtlgen.models.hub import read_meta
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
+from mtlgen.models.segmenter import ImageSegmenter
 from mtlgen.progression import lesion_volumes_ml, progression_status, voxel_volume_ml
 
 log = logging.getLogger(__name__)
@@ -92,8 +95,14 @@ class ModelPredictor:
         return Prediction(images=images, label=label, core_volume_ml=float(core_ml), status=status)
 
 
-def load_predictor(checkpoint_dir: Path | str, device: str = "cpu") -> ModelPredictor:
-    """Predictor of a checkpoint written by ``train_model`` (its ``best/`` or ``last/`` folder)."""
+def load_predictor(
+    checkpoint_dir: Path | str, device: str = "cpu"
+) -> ModelPredictor | SegmenterPredictor:
+    """Predictor of a checkpoint written by ``mtlgen train`` (its ``best/`` or ``last/``
+    folder): the multi-task (or single-task) network, or the image-only segmenter."""
+    if read_meta(checkpoint_dir).get("architecture") == ImageSegmenter.__name__:
+        segmenter = ImageSegmenter.from_pretrained(checkpoint_dir, map_location=device)  # local
+        return SegmenterPredictor(segmenter, device)
     model = MultiTaskNet.from_pretrained(checkpoint_dir, map_location=device)  # local
     return ModelPredictor(model, device, load_calibration(checkpoint_dir))
 
@@ -107,8 +116,13 @@ class NamedPredictor:
 
     @property
     def segments(self) -> bool:
-        """Whether the model answers ``current`` (segmentation) cases."""
+        """Whether the model answers segmentation cases."""
         return getattr(self.model, "segments", True)
+
+    @property
+    def segments_only(self) -> bool:
+        """Whether the model answers segmentation cases only (an image-only segmenter)."""
+        return getattr(self.model, "segments_only", False)
 
     def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
         return self.model.predict(context, target_days)

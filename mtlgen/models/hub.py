@@ -10,6 +10,7 @@ says so in one line (the mixin's own local loader is lenient and prints to stdou
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,18 @@ from huggingface_hub import PyTorchModelHubMixin
 from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
 
 WEIGHTS, CONFIG = SAFETENSORS_SINGLE_FILE, CONFIG_NAME  # "model.safetensors", "config.json"
+META = "meta.json"  # the training record beside the weights; "architecture" names the class
+
+
+def read_meta(directory: Path | str) -> dict[str, Any]:
+    """The training record beside a checkpoint ({} if it has none)."""
+    path = Path(directory) / META
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 class LocalHubMixin(PyTorchModelHubMixin):

@@ -106,12 +106,15 @@ def train_and_register(
     it as candidate.
 
     Returns the ``TrainResult`` and the registered version. Under torchrun only rank 0 tracks
-    and registers (version None elsewhere).
+    and registers (version None elsewhere). ``train.task: image_seg`` trains the image-only
+    segmentation peer instead (``mtlgen.train.segmenter``), tracked but neither calibrated nor
+    registered (it is a yardstick, never a champion).
     """
     from mtlgen.data.splits import load_split
     from mtlgen.evaluate.calibration import calibrate_checkpoint
     from mtlgen.registry.series import load_series
     from mtlgen.train.loop import train_model
+    from mtlgen.train.segmenter import train_segmenter
 
     split_file = params.data.split_file
     main_process = os.environ.get("RANK", "0") == "0"
@@ -121,6 +124,8 @@ def train_and_register(
     with tracking as run:  # the tracking store answers before any data is read
         series = load_series(params.registry.url, params.registry.sqlite_timeout_s)
         split = load_split(split_file)
+        if params.train.task == "image_seg":  # the image-only peer: evaluated, not registered
+            return train_segmenter(params, series, split, out_dir, logger=run), None
         result = train_model(
             params, series, split, out_dir, task=params.train.task, logger=run, resume=resume
         )

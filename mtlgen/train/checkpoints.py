@@ -1,6 +1,6 @@
 """A trained model's folder: the network's ``save_pretrained`` files (``model.safetensors``,
-``config.json``), ``meta.json`` (the training record: split, seed, epoch, validation losses,
-growth prior, loss weighting) and ``README.md`` (a model card a person can read).
+``config.json``), ``meta.json`` (the training record: architecture, split, seed, epoch,
+validation losses, growth prior, loss weighting) and ``README.md`` (a model card a person can read).
 
 Each file is replaced atomically (written beside, then renamed), so a crash leaves the previous
 epoch's file, never half a file; other files in the folder (``calibration.json``,
@@ -16,40 +16,55 @@ from pathlib import Path
 from typing import Any
 
 from mtlgen.io.atomic import write_text_atomic
-from mtlgen.models.hub import CONFIG, WEIGHTS
+from mtlgen.models.hub import CONFIG, META, WEIGHTS
 from mtlgen.models.mtl_net import MultiTaskNet
+from mtlgen.models.segmenter import ImageSegmenter
 
-META, CARD = "meta.json", "README.md"
+CARD = "README.md"
 
 
-def model_card(model: MultiTaskNet, meta: dict[str, Any]) -> str:
+def model_card(model: MultiTaskNet | ImageSegmenter, meta: dict[str, Any]) -> str:
     """A short model card: what the network answers, from which inputs, trained how."""
     val = meta.get("val", {})
+    if isinstance(model, ImageSegmenter):
+        title, tags = "image-only segmentation network (MONAI UNet)", "segmentation"
+        what = [
+            "- task: lesion core and edema of one visit, from its images alone",
+            f"- inputs: one visit's {', '.join(model.contrasts)}",
+        ]
+    else:
+        kind = "multi-task" if len(model.tasks) > 1 else "single-task"
+        title, tags = f"{kind} network", "longitudinal, multi-task"
+        what = [
+            f"- tasks: {', '.join(model.tasks)} (sharing: {model.sharing})",
+            f"- inputs: up to {model.max_context} context visits of {', '.join(model.contrasts)}",
+        ]
     lines = [
         "---",
         "library_name: mtlgen",
-        "tags: [medical-imaging, longitudinal, multi-task]",
+        f"tags: [medical-imaging, {tags}]",
         "---",
         "",
-        f"# mtlgen {'multi-task' if len(model.tasks) > 1 else 'single-task'} network",
+        f"# mtlgen {title}",
         "",
-        f"- tasks: {', '.join(model.tasks)} (sharing: {model.sharing})",
-        f"- inputs: up to {model.max_context} context visits of {', '.join(model.contrasts)}",
+        *what,
         f"- trained: epoch {meta.get('epoch', '?')}, seed {meta.get('seed', '?')}, "
         f"split sha256 {str(meta.get('split_sha256', '?'))[:12]}",
         f"- validation loss: {val['val_loss']:.4f}" if "val_loss" in val else "- validation: none",
         "",
-        "Load it with `MultiTaskNet.from_pretrained` on this folder (mtlgen.models.mtl_net) or",
-        "predict with `mtlgen.inference.model.load_predictor`; `meta.json` holds the training",
-        "record.",
+        f"Load it with `{type(model).__name__}.from_pretrained` on this folder or predict with",
+        "`mtlgen.inference.model.load_predictor`; `meta.json` holds the training record.",
         "",
     ]
     return "\n".join(lines)
 
 
-def save_checkpoint(directory: Path | str, model: MultiTaskNet, meta: dict[str, Any]) -> Path:
-    """Write ``model`` (weights and constructor arguments), its training record and model card
-    into ``directory``, each file atomically."""
+def save_checkpoint(
+    directory: Path | str, model: MultiTaskNet | ImageSegmenter, meta: dict[str, Any]
+) -> Path:
+    """Write ``model`` (weights and constructor arguments), its training record (with its
+    class as ``architecture``) and model card into ``directory``, each file atomically."""
+    meta = {**meta, "architecture": type(model).__name__}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # beside the folder, not in it: a save killed midway leaves nothing in what MLflow logs
@@ -60,14 +75,3 @@ def save_checkpoint(directory: Path | str, model: MultiTaskNet, meta: dict[str, 
     write_text_atomic(directory / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     write_text_atomic(directory / CARD, model_card(model, meta))
     return directory
-
-
-def read_meta(directory: Path | str) -> dict[str, Any]:
-    """The training record beside a checkpoint ({} if it has none)."""
-    path = Path(directory) / META
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
