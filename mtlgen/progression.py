@@ -13,6 +13,11 @@ STATUSES: tuple[Status, ...] = ("progressive", "stable", "responding")
 DAYS_PER_YEAR = 365.25  # days in a (Julian) year: rates are per year, visit dates in days
 
 
+def voxel_spacing_mm(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel edge lengths (mm) from a voxel-to-world affine."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
 def voxel_volume_ml(affine: np.ndarray) -> float:
     """Volume of one voxel in mL (|det| of the affine's 3x3 part, mm^3 / 1000)."""
     det = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))

@@ -130,7 +130,7 @@ FULL = {
     "model": {"features": [4, 8, 16]},
     "train": {"epochs": 2, "affinity_batches": 1, "progress": False},
 }
-STAGES = {"synth", "register", "split", "train", "evaluate", "promote", "predict"}
+STAGES = {"synth", "register", "split", "train", "train_peer", "evaluate", "promote", "predict"}
 
 
 @pytest.mark.slow
@@ -194,15 +194,20 @@ def test_full_pipeline_tracks_registers_promotes_and_reruns_only_training(
     shipped = json.loads((folder / "calibration.json").read_text())
     metrics = json.loads((repo / "data/evaluation/metrics.json").read_text())
     assert shipped == metrics["calibration"]["mtl"] and shipped["radius_per_year"]["all"] >= 0
+    # and the image fallback fitted on the same patients: weights of the change in [0, 1]
+    fallback = json.loads((folder / "fallback.json").read_text())["weights"]["all"]
+    assert set(fallback) == {"near", "far"}
+    assert all(0 <= w <= 1 for region in fallback.values() for w in region.values())
     rows = (repo / "data/predictions/pipeline/predictions.tsv").read_text().splitlines()
     table = [dict(zip(rows[0].split("\t"), r.split("\t"), strict=True)) for r in rows[1:]]
     for row in table:
         low, high = float(row["core_volume_low_ml"]), float(row["core_volume_high_ml"])
         assert low <= float(row["core_volume_ml"]) <= high and row["interval_level"] == "0.8"
 
-    # an experiment with another epoch count re-runs training and what follows, nothing before
+    # an experiment with another epoch count re-runs both trainings and what follows, nothing
+    # before
     out = sh(repo, "dvc", "exp", "run", "-S", "train.epochs=3")
-    assert ran(out) == {"train", "evaluate", "promote", "predict"}
+    assert ran(out) == {"train", "train_peer", "evaluate", "promote", "predict"}
     # (the image moves with every learned weight; a tiny model's sized mask may not)
     assert "results.mtl.future.image_mae_brain.mean" in sh(repo, "dvc", "metrics", "diff")
     decision = json.loads((repo / "data/evaluation/promotion.json").read_text())

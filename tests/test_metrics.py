@@ -17,9 +17,8 @@ from mtlgen.evaluate.metrics import (
     ssim_map,
     status_scores,
     volume_errors,
-    voxel_spacing_mm,
 )
-from mtlgen.progression import label_volume_ml, voxel_volume_ml
+from mtlgen.progression import label_volume_ml, voxel_spacing_mm, voxel_volume_ml
 
 SHAPE = (12, 12, 12)
 

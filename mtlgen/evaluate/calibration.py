@@ -1,5 +1,6 @@
-"""Volume-interval calibration of predictors on the validation patients' cases
-(``mtlgen.inference.intervals``), for evaluation and for a trained checkpoint."""
+"""Calibration on the validation patients' cases: volume intervals of predictors
+(``mtlgen.inference.intervals``), for evaluation and for a trained checkpoint, and a trained
+checkpoint's image fallback (``mtlgen.inference.fallback``)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,26 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from mtlgen.config import Params, ProgressionConfig
+from mtlgen.config import EvaluateConfig, Params, ProgressionConfig
 from mtlgen.data.splits import Split
-from mtlgen.evaluate.cases import answers, case_specs, loaded_cases, select_series
-from mtlgen.inference.intervals import VolumeCalibration, VolumeCase, horizon_days
-from mtlgen.inference.model import load_predictor
+from mtlgen.evaluate.cases import (
+    SEGMENTATION_KINDS,
+    answers,
+    case_specs,
+    loaded_cases,
+    select_series,
+)
+from mtlgen.evaluate.metrics import brain_region
+from mtlgen.inference.baselines import CopyLast, reference_visit
+from mtlgen.inference.fallback import FallbackErrors, ImageFallback, near_lesion
+from mtlgen.inference.intervals import VolumeCalibration, VolumeCase, group_of, horizon_days
+from mtlgen.inference.model import ModelPredictor, load_predictor
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.series import PatientSeries
-from mtlgen.progression import label_volume_ml
+from mtlgen.progression import label_volume_ml, voxel_spacing_mm
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +62,53 @@ def calibrate_volumes(
     return {name: VolumeCalibration.fit(c, level, min_days) for name, c in cases.items()}
 
 
+def fit_image_fallback(
+    predictor: ModelPredictor,
+    series: Sequence[PatientSeries],
+    cfg: EvaluateConfig,
+    max_context: int,
+    reconstruction: bool = True,
+) -> ImageFallback:
+    """The image fallback (``mtlgen.inference.fallback``) of ``predictor``'s network on the
+    future and reconstruction cases of ``series`` (the validation patients'): per group, region
+    and contrast, the weight of its image change from copy-last with the least error over the
+    brain (the evaluation's brain region of the true image)."""
+    raw = ModelPredictor(predictor.model, predictor.device)  # its images as the network answers
+    copy_last = CopyLast()
+    errors = FallbackErrors()
+    for _, kind, context, target in loaded_cases(series, max_context, reconstruction):
+        if kind in SEGMENTATION_KINDS:
+            continue
+        model, copy = raw.predict(context, target.days), copy_last.predict(context, target.days)
+        reference = reference_visit(context, target.days)
+        spacing = voxel_spacing_mm(reference.affine)
+        label = reference.label if reference.label is not None else model.label
+        near = near_lesion(label, spacing, cfg.near_mm)
+        brain = np.zeros(near.shape, bool)
+        for image in target.images.values():
+            brain |= brain_region(image, cfg.brain_fraction, cfg.brain_sigma_vox)
+        group = group_of(kind, len(context))
+        for contrast in model.images.keys() & target.images.keys():
+            errors.add(
+                group,
+                contrast,
+                model.images[contrast],
+                copy.images[contrast],
+                target.images[contrast],
+                near,
+                brain,
+            )
+    return ImageFallback.fit(errors, cfg.near_mm)
+
+
 def calibrate_checkpoint(
     params: Params, series: Sequence[PatientSeries], split: Split, checkpoint_dir: Path
 ) -> Path | None:
-    """Calibrate a trained 3-D checkpoint's volume intervals on the split's validation patients
-    and save them beside its weights (``calibration.json``), so that the registered model
-    carries them into ``mtlgen predict``. None (nothing written) without validation patients
-    or for a 2-D model."""
+    """Calibrate a trained 3-D checkpoint's volume intervals and, with an image head, its image
+    fallback on the split's validation patients and save them beside its weights
+    (``calibration.json``, ``fallback.json``), so that the registered model carries them into
+    ``mtlgen predict``. Returns the intervals' file; None (nothing written) without validation
+    patients or for a 2-D model."""
     val_series = select_series(series, split.val, "validation")
     if not val_series:
         log.warning("no validation patients: %s gets no volume intervals", checkpoint_dir)
@@ -81,4 +132,18 @@ def calibrate_checkpoint(
         calibration.cases.get("all", 0),
         path,
     )
+    if "image" in predictor.model.tasks:
+        fallback = fit_image_fallback(
+            predictor,
+            val_series,
+            params.evaluate,
+            params.data.max_context,
+            params.data.reconstruction,
+        )
+        log.info(
+            "image fallback on the validation patients (weight of the model's change from "
+            "copy-last; 1 keeps it, 0 answers copy-last): %s -> %s",
+            fallback.weights.get("all", {}),
+            fallback.save(checkpoint_dir),
+        )
     return path

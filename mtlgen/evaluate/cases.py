@@ -16,11 +16,11 @@ import numpy as np
 from mtlgen.config import EvaluateConfig, ProgressionConfig
 from mtlgen.data.samples import enumerate_samples
 from mtlgen.data.splits import Split
-from mtlgen.evaluate.metrics import brain_region, changing_region, near_region, voxel_spacing_mm
+from mtlgen.evaluate.metrics import brain_region, changing_region, near_region
 from mtlgen.inference.baselines import reference_visit
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
-from mtlgen.progression import Status, label_volume_ml, progression_status
+from mtlgen.progression import Status, label_volume_ml, progression_status, voxel_spacing_mm
 
 log = logging.getLogger(__name__)
 

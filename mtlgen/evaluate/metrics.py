@@ -20,13 +20,9 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from scipy import ndimage
 
+from mtlgen.inference.fallback import near_lesion
 from mtlgen.models.priors import bounding_box
 from mtlgen.progression import STATUSES, Status
-
-
-def voxel_spacing_mm(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel edge lengths (mm) from a voxel-to-world affine."""
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
 def _as_batch(mask: np.ndarray) -> torch.Tensor:
@@ -126,11 +122,9 @@ def near_region(
 ) -> np.ndarray | None:
     """Voxels of ``brain`` within ``near_mm`` of the reference visit's lesion (core or edema):
     a region chosen from the inputs, before the truth is seen. None without a lesion."""
-    lesion = np.asarray(reference_label) > 0
-    if not lesion.any():
+    if not (np.asarray(reference_label) > 0).any():
         return None
-    distance = ndimage.distance_transform_edt(~lesion, sampling=spacing_mm)
-    return (distance <= near_mm) & brain
+    return near_lesion(reference_label, spacing_mm, near_mm) & brain
 
 
 def region_mae(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:

@@ -15,10 +15,10 @@ from mtlgen.evaluate.metrics import (
     region_psnr,
     ssim_map,
     volume_errors,
-    voxel_spacing_mm,
 )
 from mtlgen.inference.intervals import VolumeCalibration, horizon_days, interval_scores
 from mtlgen.inference.prediction import Prediction
+from mtlgen.progression import voxel_spacing_mm
 
 # every metric in metrics.json and whether larger ("max"), smaller ("min") or nearer the
 # interval level ("level") is better

@@ -14,7 +14,10 @@ When the target is a context visit whose mask is not given (segmenting the curre
 model with the ``seg`` head answers mask and volume from that head.
 
 ``calibration`` is the checkpoint's volume-interval calibration (``calibration.json``, written
-after training by ``mtlgen.evaluate.calibration.calibrate_checkpoint``), None if it has none.
+after training by ``mtlgen.evaluate.calibration.calibrate_checkpoint``), None if it has none;
+``fallback`` (``fallback.json``, written with it) shrinks the predicted image's change from
+copy-last where it did not beat copy-last on the validation patients
+(``mtlgen.inference.fallback``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from mtlgen.data.dataset import encode_context, reference_slot
+from mtlgen.inference.fallback import ImageFallback, load_fallback, near_lesion
 from mtlgen.inference.intervals import VolumeCalibration, load_calibration
 from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.inference.segmenter import SegmenterPredictor
@@ -35,9 +39,21 @@ from mtlgen.io.series import VisitArrays
 from mtlgen.models.hub import read_meta
 from mtlgen.models.mtl_net import TASKS, MultiTaskNet, reference_image
 from mtlgen.models.segmenter import ImageSegmenter
-from mtlgen.progression import lesion_volumes_ml, progression_status, voxel_volume_ml
+from mtlgen.progression import (
+    lesion_volumes_ml,
+    progression_status,
+    voxel_spacing_mm,
+    voxel_volume_ml,
+)
 
 log = logging.getLogger(__name__)
+
+
+def _by_contrast(
+    images: torch.Tensor, contrasts: Sequence[str], seen: np.ndarray
+) -> dict[str, np.ndarray]:
+    """[1, C, *S] -> {contrast: float32 volume} of the contrasts the context has."""
+    return {c: images[0, i].float().cpu().numpy() for i, c in enumerate(contrasts) if seen[i]}
 
 
 class ModelPredictor:
@@ -48,6 +64,7 @@ class ModelPredictor:
         model: MultiTaskNet,
         device: str = "cpu",
         calibration: VolumeCalibration | None = None,
+        fallback: ImageFallback | None = None,
     ) -> None:
         if model.spatial_dims != 3:
             raise ValueError("the predictor answers whole volumes: it needs a spatial_dims=3 model")
@@ -55,6 +72,7 @@ class ModelPredictor:
         self.device = device
         self.contrasts = list(model.contrasts)
         self.calibration = calibration
+        self.fallback = fallback
         self.segments = "seg" in model.tasks  # it answers a visit whose label is hidden
         tasks = model.tasks
         self.name = f"mtl-{model.sharing}" if tasks == TASKS else f"single-{tasks[0]}-copy-last"
@@ -83,13 +101,16 @@ class ModelPredictor:
             label = out["future_label"][0].cpu().numpy().astype(np.uint8)
         else:
             label = ref_label
-        if "image" in tasks:
-            pred = out["image"]
-        else:
-            pred = reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
-        pred_images = pred[0].float().cpu().numpy()
+        copy = reference_image(batch["images"], batch["contrast_present"], batch["ref_slot"])
+        pred = out["image"] if "image" in tasks else copy
         seen = batch["contrast_present"][0].any(dim=0).cpu().numpy()
-        images = {c: pred_images[i] for i, c in enumerate(self.contrasts) if seen[i]}
+        images = _by_contrast(pred, self.contrasts, seen)
+        if "image" in tasks and self.fallback is not None and not current:
+            kind = "future" if target_days > max(v.days for v in context) else "reconstruction"
+            spacing = voxel_spacing_mm(ref.affine)
+            near = near_lesion(ref_label, spacing, self.fallback.near_mm)
+            copy_last = _by_contrast(copy, self.contrasts, seen)
+            images = self.fallback.apply(kind, len(context), images, copy_last, near)
         core_ml = volumes[0] if volumes is not None else lesion_volumes_ml(label, vox)[0]
         status = progression_status(ref_core, core_ml, self.model.increase, self.model.decrease)
         return Prediction(images=images, label=label, core_volume_ml=float(core_ml), status=status)
@@ -104,7 +125,8 @@ def load_predictor(
         segmenter = ImageSegmenter.from_pretrained(checkpoint_dir, map_location=device)  # local
         return SegmenterPredictor(segmenter, device)
     model = MultiTaskNet.from_pretrained(checkpoint_dir, map_location=device)  # local
-    return ModelPredictor(model, device, load_calibration(checkpoint_dir))
+    calibration, fallback = load_calibration(checkpoint_dir), load_fallback(checkpoint_dir)
+    return ModelPredictor(model, device, calibration, fallback)
 
 
 @dataclass
