@@ -182,6 +182,16 @@ def test_extrapolated_log_volume_moves_the_line_within_the_other_extrapolations(
     assert log_ml(0, 40) == pytest.approx(np.log1p(3.0), abs=1e-5)
 
 
+def test_a_lesion_beyond_the_cohort_capacity_is_extrapolated_linearly():
+    # a cohort whose capacity was 16 ml meets a lesion of 20 -> 40 ml: not held at 16 ml
+    volumes = torch.tensor([[[20.0], [30.0], [40.0]]])
+    years = torch.tensor([[-1.5, -1.0, -0.5]])
+    valid, ref = torch.ones(1, 3, dtype=torch.bool), torch.tensor([2])
+    weights = torch.tensor([[0.0, 0.0, 0.95]])
+    log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights, torch.tensor([16.0]))
+    assert float(log_volume.expm1()) == pytest.approx(50.0, rel=1e-4)  # the line
+
+
 def _gompertz(k: float, v0: float, rate: float, days: np.ndarray) -> np.ndarray:
     return k * np.exp(np.log(v0 / k) * np.exp(-rate * days / 365.25))
 

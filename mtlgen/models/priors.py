@@ -98,16 +98,25 @@ def extrapolated_log_volume(
     """log(1 + volume) at the target (t = 0): the least-squares line of ``volumes`` [B, K, V]
     (ml) over ``years`` [B, K] (valid [B, K] visits), moved in log-volume by ``weights`` [V, 3]
     towards the log-linear fit (column 0), the volume of slot ``ref`` [B] (column 1) and the
-    Gompertz fit towards ``capacity`` [V] ml (column 2). Zero weights give linear
-    extrapolation. The result never leaves the range of the linear, reference and Gompertz
-    volumes (the log-linear fit, which can run away, only pulls within it).
+    Gompertz fit towards ``capacity`` [V] ml (column 2; the linear one for a case whose
+    volumes reach the capacity). Zero weights give linear extrapolation. The result never
+    leaves the range of the linear, reference and Gompertz volumes (the log-linear fit, which
+    can run away, only pulls within it).
     -> [B, V] float32 in [0, MAX_LOG_VOLUME]."""
+    linear = line_at_target(volumes, years, valid).clamp_min(0.0)
+    # a case whose volumes reach the capacity is beyond what the cohort's capacity can tell
+    # (a lesion larger than the training patients': its Gompertz forecast would hold it at
+    # their capacity): its Gompertz candidate is the linear one
+    seen = (volumes * valid[..., None].to(volumes.dtype)).amax(dim=1)
+    gompertz = torch.where(
+        seen < 0.97 * capacity, gompertz_at_target(volumes, years, valid, capacity), linear
+    )
     candidates = torch.stack(  # [B, V, 4 extrapolations] in ml
         [
-            line_at_target(volumes, years, valid).clamp_min(0.0),
+            linear,
             line_at_target(volumes.log1p(), years, valid).clamp(0.0, MAX_LOG_VOLUME).expm1(),
             volumes[torch.arange(volumes.shape[0], device=volumes.device), ref],
-            gompertz_at_target(volumes, years, valid, capacity),
+            gompertz,
         ],
         dim=-1,
     ).float()
