@@ -8,7 +8,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from mtlgen.config import EvaluateConfig, Params, ProgressionConfig
@@ -19,8 +18,8 @@ from mtlgen.evaluate.cases import (
     case_specs,
     loaded_cases,
     select_series,
+    visit_brain,
 )
-from mtlgen.evaluate.metrics import brain_region
 from mtlgen.inference.baselines import CopyLast, reference_visit
 from mtlgen.inference.fallback import FallbackErrors, ImageFallback, near_lesion
 from mtlgen.inference.intervals import VolumeCalibration, VolumeCase, group_of, horizon_days
@@ -84,9 +83,7 @@ def fit_image_fallback(
         spacing = voxel_spacing_mm(reference.affine)
         label = reference.label if reference.label is not None else model.label
         near = near_lesion(label, spacing, cfg.near_mm)
-        brain = np.zeros(near.shape, bool)
-        for image in target.images.values():
-            brain |= brain_region(image, cfg.brain_fraction, cfg.brain_sigma_vox)
+        brain = visit_brain(target, cfg)
         group = group_of(kind, len(context))
         for contrast in model.images.keys() & target.images.keys():
             errors.add(

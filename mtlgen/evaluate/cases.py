@@ -55,6 +55,14 @@ class CaseTruth:
         return f"{self.patient}:{self.kind}:{context}->{self.target.visit}"
 
 
+def visit_brain(visit: VisitArrays, cfg: EvaluateConfig) -> np.ndarray:
+    """The union of every contrast's ``brain_region`` of ``visit``."""
+    brain = np.zeros(next(iter(visit.images.values())).shape, bool)
+    for image in visit.images.values():
+        brain |= brain_region(image, cfg.brain_fraction, cfg.brain_sigma_vox)
+    return brain
+
+
 def case_truth(
     patient: str,
     kind: str,
@@ -66,18 +74,14 @@ def case_truth(
     """Brain, changing and near regions, true core volume and status of one case. The near
     region is chosen from the inputs alone (the reference visit's lesion and brain)."""
     reference = reference_visit(context, target.days)
-    brain = np.zeros(next(iter(target.images.values())).shape, bool)
-    for image in target.images.values():
-        brain |= brain_region(image, cfg.brain_fraction, cfg.brain_sigma_vox)
+    brain = visit_brain(target, cfg)
     data_range = {}
     for contrast, image in target.images.items():
         inside = image[brain]
         data_range[contrast] = float(inside.max() - inside.min()) if inside.size else 0.0
     change = volume = status = near = None
     if reference.label is not None:
-        ref_brain = np.zeros_like(brain)
-        for image in reference.images.values():
-            ref_brain |= brain_region(image, cfg.brain_fraction, cfg.brain_sigma_vox)
+        ref_brain = visit_brain(reference, cfg)
         spacing = voxel_spacing_mm(reference.affine)
         near = near_region(reference.label, spacing, cfg.near_mm, ref_brain)
     if target.label is not None:
