@@ -6,6 +6,11 @@ Baseline, measured in the same run on the same files: a bare nibabel load + tril
 validation, alignment, normalisation, writing or the registry. The ratio says what the whole
 registration costs relative to just reading and resampling the data.
 
+Reproducibility: the cohort is registered a second time into a fresh registry (same key,
+``SOURCE_DATE_EPOCH`` pinned) and the processed files and registry dumps are compared; a third
+run with ITK on every core (``preprocess.align_threads``) prices the single-threaded, bit-
+reproducible alignment as a time ratio.
+
     .venv/bin/python bench/register.py                      # 8 synthetic patients at 2 mm
     .venv/bin/python bench/register.py --cohort data/raw/demo
     .venv/bin/python bench/register.py --dask-workers 2    # + the Prefect flow on Dask workers
@@ -14,12 +19,15 @@ registration costs relative to just reading and resampling the data.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +54,41 @@ def _baseline_seconds(
         affine[:3, 3] = centre[:3] - spacing * (np.asarray(shape) - 1) / 2
         resample_from_to(img, (tuple(shape), affine), order=order).get_fdata()
     return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def _run_params(params, root: Path, key: bytes, threads: int):
+    """``params`` with a fresh registry, the given pseudonym key and processed folder under
+    ``root``, aligning on ``threads`` ITK threads."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "key").write_bytes(key)
+    registry = {"url": f"sqlite:///{root / 'registry.sqlite'}", "key_file": root / "key"}
+    preprocess = {"out_dir": root / "processed", "align_threads": threads}
+    return params.model_copy(
+        update={
+            "registry": params.registry.model_copy(update=registry),
+            "preprocess": params.preprocess.model_copy(update=preprocess),
+        }
+    )
+
+
+def _fingerprint(params) -> tuple[dict[str, str], list[str]]:
+    """(processed file -> sha256, registry dump with the processed folder masked) of one run."""
+    out = Path(params.preprocess.out_dir)
+    files = {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*.nii*"))
+    }
+    with closing(sqlite3.connect(params.registry.url.removeprefix("sqlite:///"))) as db:
+        dump = [line.replace(str(out), "OUT") for line in db.iterdump()]
+    return files, dump
+
+
+def _timed_register(cohort: Path, params) -> float:
+    from mtlgen.register.run import register_source
+
+    start = time.perf_counter()
+    register_source(cohort, params, progress=False)
+    return time.perf_counter() - start
 
 
 def _dask_flow_seconds(cohort: Path, params, out: Path, workers: int) -> float:
@@ -97,6 +140,7 @@ def main() -> None:
     from mtlgen.register.run import register_source
 
     params = load_config(args.params)
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")  # identical row timestamps
     with tempfile.TemporaryDirectory(prefix="mtlgen-bench-register-") as tmp:
         tmp = Path(tmp)
         cohort = args.cohort
@@ -106,14 +150,8 @@ def main() -> None:
             command += ["--out", str(cohort), "--patients", str(args.patients)]
             command += ["--spacing", str(args.spacing), "--seed", str(args.seed)]
             subprocess.run(command, check=True)
-        run_params = params.model_copy(
-            update={
-                "registry": params.registry.model_copy(
-                    update={"url": f"sqlite:///{tmp / 'registry.sqlite'}", "key_file": tmp / "key"}
-                ),
-                "preprocess": params.preprocess.model_copy(update={"out_dir": tmp / "processed"}),
-            }
-        )
+        key = os.urandom(32).hex().encode()
+        run_params = _run_params(params, tmp / "first", key, threads=1)
         images, labels = _files(cohort)
         pre = params.preprocess
         baseline, baseline_cpu = _baseline_seconds(images, labels, pre.spacing_mm, pre.shape)
@@ -126,6 +164,12 @@ def main() -> None:
 
         has_truth = (cohort / "derivatives/groundtruth/groundtruth.json").exists()
         errors = alignment_errors(run_params, cohort) if has_truth else []
+        again = _run_params(params, tmp / "second", key, threads=1)
+        again_seconds = _timed_register(cohort, again)
+        threaded = _run_params(params, tmp / "threaded", key, threads=os.cpu_count() or 1)
+        threaded_seconds = _timed_register(cohort, threaded)
+        (files, dump), (files2, dump2) = _fingerprint(run_params), _fingerprint(again)
+        threaded_files, _ = _fingerprint(threaded)
         dask_seconds = None
         if args.dask_workers:
             dask_seconds = _dask_flow_seconds(cohort, params, tmp / "dask", args.dask_workers)
@@ -155,7 +199,18 @@ def main() -> None:
             f"worst max {max(e.max_voxels for e in errors):.3f}, "
             f"worst rotation {max(e.rotation_deg for e in errors):.3f} deg"
         )
-    print(f"peak memory (max RSS of this process): {peak_mib:.0f} MiB")
+    print(f"peak memory (max RSS of the first run): {peak_mib:.0f} MiB")
+    same = sum(files[f] == files2.get(f) for f in files)
+    print(
+        f"second run, fresh registry: {same}/{len(files)} processed files bit-identical, "
+        f"registry dump {'identical' if dump == dump2 else 'DIFFERENT'} ({len(dump)} lines)"
+    )
+    moved = sum(files[f] != threaded_files.get(f) for f in files)
+    print(
+        f"determinism cost: 1 ITK thread {again_seconds:.1f} s vs {os.cpu_count()} threads "
+        f"{threaded_seconds:.1f} s -> {again_seconds / threaded_seconds:.2f}x "
+        f"(the threaded run changed {moved}/{len(files)} files)"
+    )
     if dask_seconds is not None:
         print(
             f"register flow on Dask ({args.dask_workers} workers): {dask_seconds:.1f} s vs "

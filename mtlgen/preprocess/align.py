@@ -87,12 +87,13 @@ def rigid_align(
 ) -> Alignment:
     """Align ``moving`` (a raw follow-up scan) to ``fixed`` (the baseline reference on ``grid``).
 
-    Raises ``AlignmentFailed`` (one line) when SimpleITK cannot register the pair. Reproducible:
-    the metric is sampled with a fixed seed and ITK runs on one thread (its multi-threaded sums
-    change the last bits run to run, and the optimiser carries them into the pose); patients are
-    registered in parallel instead (``flows.register``).
+    Raises ``AlignmentFailed`` (one line) when SimpleITK cannot register the pair. Reproducible
+    with ``cfg.align_threads`` 1 (the default): the metric is sampled with a fixed seed, and one
+    ITK thread keeps the sums in one order (threaded sums change the last bits run to run and the
+    optimiser carries them into the pose); patients are registered in parallel instead
+    (``flows.register``). ``bench/register.py`` measures what the single thread costs.
     """
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(cfg.align_threads)
     try:
         return _register(
             to_sitk(fixed, grid.affine), to_sitk(moving.data, moving.affine), cfg, seed

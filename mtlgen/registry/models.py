@@ -8,6 +8,7 @@ version, and the old row is kept with status ``superseded``.
 
 from __future__ import annotations
 
+import os
 from datetime import date, datetime, timezone
 
 from sqlalchemy import (
@@ -26,7 +27,17 @@ CURRENT, SUPERSEDED = "current", "superseded"
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    """The time a row is written; ``SOURCE_DATE_EPOCH`` (seconds, the reproducible-builds
+    convention) pins it, so that two registrations of the same input dump identically."""
+    pinned = os.environ.get("SOURCE_DATE_EPOCH")
+    if pinned is None:
+        return datetime.now(timezone.utc)
+    try:
+        return datetime.fromtimestamp(int(pinned), timezone.utc)
+    except ValueError:
+        raise ValueError(
+            f"SOURCE_DATE_EPOCH={pinned!r}: expected whole seconds since 1970-01-01"
+        ) from None
 
 
 class Base(DeclarativeBase):
