@@ -8,7 +8,6 @@ current champion and the baselines on the same test split -> promote by the vers
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from pathlib import Path
 
@@ -84,10 +83,9 @@ def promote_task(
     from mtlgen.track.promotion import promote_evaluated
 
     params = load_params(params_file, overrides)
-    evaluation = json.loads(Path(metrics).read_text())
     if champion and champion != candidate_version:
-        promote_evaluated(params, evaluation, "champion", champion, source=metrics)
-    decision = promote_evaluated(params, evaluation, "candidate", candidate_version, metrics)
+        promote_evaluated(params, Path(metrics), "champion", champion)
+    decision = promote_evaluated(params, Path(metrics), "candidate", candidate_version)
     return decision.to_dict()
 
 

@@ -212,7 +212,9 @@ def test_full_pipeline_tracks_registers_promotes_and_reruns_only_training(
     assert "results.mtl.future.image_mae_brain.mean" in sh(repo, "dvc", "metrics", "diff")
     decision = json.loads((repo / "data/evaluation/promotion.json").read_text())
     assert decision["candidate_version"] == "2"
-    assert decision["promoted"] == all(c["ok"] for c in decision["comparisons"])
+    rows = decision["comparisons"]
+    assert decision["promoted"] == (all(c["ok"] for c in rows) and any(c["better"] for c in rows))
+    assert all(c["low"] is not None for c in rows)  # paired on the champion's recorded cases
     now = client.get_model_version_by_alias("mtlgen-mtl", "champion").version
     assert str(now) == ("2" if decision["promoted"] else "1")
     sh(repo, "dvc", "plots", "diff", "HEAD", "-o", str(tmp_path / "plots"))

@@ -23,7 +23,7 @@ from mtlgen.data.splits import make_split, save_split
 from mtlgen.io.series import VisitArrays
 from mtlgen.models.mtl_net import MultiTaskNet
 from mtlgen.track.logger import PrivacyError
-from mtlgen.track.promotion import promote
+from mtlgen.track.promotion import Rule, promote
 from mtlgen.track.provenance import data_version, environment, file_sha256
 from mtlgen.track.run import TrackingUnavailable, check_reachable, tracked_run
 from mtlgen.track.versions import (
@@ -35,7 +35,7 @@ from mtlgen.track.versions import (
 )
 from tests.support import free_port, stop_process_group, wait_until_ready
 
-PRIMARY = {"dice": "max", "volume_mae": "min"}
+PRIMARY = Rule({"dice": "max", "volume_mae": "min"})  # no margins, means only
 
 
 def tiny_net(seed: int) -> MultiTaskNet:

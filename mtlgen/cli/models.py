@@ -122,8 +122,10 @@ def promote(
         Path | None, typer.Option(help="Also write the decision as JSON here (DVC tracks it).")
     ] = None,
 ) -> None:
-    """Apply the promotion rule: the evaluated model becomes `champion` only if it is no worse
-    than the current champion on every evaluate.primary_metrics, on the same test split.
+    """Apply the promotion rule: the evaluated model becomes `champion` only if, on the same test
+    split, it is non-inferior to the current champion on every evaluate.primary_metrics (worse by
+    less than the metric's margin, by a paired bootstrap over the test cases at
+    evaluate.promotion_confidence) and better on at least one.
 
     The decision and both sides' numbers are logged (MLflow run `promote-...`, tags on the model
     version). Exit status 0 either way; 2 on bad input.
@@ -138,14 +140,13 @@ def promote(
     cfg = config_from(ctx)
     path = metrics or cfg.evaluate.out_dir / "metrics.json"
     try:
-        evaluation = json.loads(path.read_text())
         ref = version
         if ref is None:
             registered = registered_version(checkpoint or cfg.train.out_dir / "best")
             ref = registered["version"] if registered else "candidate"
-        decision = promote_evaluated(cfg, evaluation, predictor, ref, source=str(path))
-    except FileNotFoundError:
-        typer.echo(f"error: {path}: not found (run `mtlgen evaluate` first)", err=True)
+        decision = promote_evaluated(cfg, path, predictor, ref)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc.filename}: not found (run `mtlgen evaluate` first)", err=True)
         raise typer.Exit(2) from None
     except (KeyError, ValueError, LookupError, TrackingUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -154,10 +155,11 @@ def promote(
         write_text_atomic(record, json.dumps(decision.to_dict(), indent=2) + "\n")
     for row in decision.comparisons:
         champion = "-" if row.champion is None else f"{row.champion:.4f}"
-        mark = "ok" if row.ok else "WORSE"
+        mark = ("better" if row.better else "non-inferior") if row.ok else "WORSE"
+        interval = "" if row.low is None else f"  gain [{row.low:+.4f}, {row.high:+.4f}]"
         typer.echo(
             f"  {row.metric:32s} {row.direction}  candidate {row.candidate:.4f}  "
-            f"champion {champion}  {mark}"
+            f"champion {champion}{interval}  margin {row.margin:g}  {mark}"
         )
     verdict = "promoted to champion" if decision.promoted else "not promoted"
     typer.echo(

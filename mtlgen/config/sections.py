@@ -66,6 +66,7 @@ class PreprocessConfig(Section):
     align_bins: int = Field(32, ge=8, le=256)
     align_sampling: float = Field(0.1, gt=0, le=1)
     align_iterations: int = Field(30, ge=1, le=10_000)
+    align_threads: int = Field(1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _ranges(self) -> PreprocessConfig:
@@ -79,10 +80,13 @@ class PreprocessConfig(Section):
 
 
 class PrimaryMetric(Section):
-    """A metric that decides whether a model is better: ``<kind>.<metric>`` and its direction."""
+    """A metric that decides whether a model is better: ``<kind>.<metric>``, its direction, and
+    the non-inferiority ``margin`` (metric units): a candidate worse by less than this, with the
+    promotion's confidence, counts as no worse."""
 
     metric: str = Field(pattern=r"^(future|reconstruction)\.[a-z0-9_]+$")
     direction: Literal["max", "min"]
+    margin: float = Field(0.0, ge=0)
 
 
 class EvaluateConfig(Section):
@@ -101,12 +105,14 @@ class EvaluateConfig(Section):
     ssim_window: int = Field(7, ge=3, le=15)
     primary_metrics: list[PrimaryMetric] = Field(
         default_factory=lambda: [
-            PrimaryMetric(metric="future.dice_lesion", direction="max"),
-            PrimaryMetric(metric="future.volume_abs_error_ml", direction="min"),
-            PrimaryMetric(metric="future.image_mae_change", direction="min"),
+            PrimaryMetric(metric="future.dice_lesion", direction="max", margin=0.02),
+            PrimaryMetric(metric="future.volume_abs_error_ml", direction="min", margin=0.25),
+            PrimaryMetric(metric="future.image_mae_change", direction="min", margin=0.005),
         ],
         min_length=1,
     )
+    promotion_confidence: float = Field(0.95, gt=0.5, lt=1)
+    promotion_resamples: int = Field(2000, ge=100, le=100_000)
 
     @model_validator(mode="after")
     def _names(self) -> EvaluateConfig:

@@ -196,3 +196,22 @@ def write_metrics(evaluation: Evaluation, out_dir: Path) -> tuple[Path, Path]:
     for row in evaluation.rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return metrics_path, write_text_atomic(out_dir / "cases.tsv", buf.getvalue())
+
+
+def read_cases(path: Path) -> list[dict[str, str | float | None]]:
+    """The rows of a ``cases.tsv`` that ``write_metrics`` wrote: numbers as floats, empty
+    cells as ``None``, text (ids, kinds, statuses) as is."""
+
+    def value(text: str) -> str | float | None:
+        if text == "":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with open(path, newline="") as fh:
+        return [
+            {k: value(v) if k not in ("case", "patient") else v for k, v in row.items()}
+            for row in csv.DictReader(fh, delimiter="\t")
+        ]

@@ -1,23 +1,35 @@
-"""The promotion rule: a candidate becomes champion only if it is no worse than the current
-champion on every primary metric, measured on the same test split. A champion that this version
-of mtlgen can no longer load (the network changed since it was trained) cannot serve
-predictions: the candidate replaces it, and the reason says so.
+"""The promotion rule: a candidate becomes champion only if, on the same test split, it is
+non-inferior to the current champion on every primary metric and better on at least one.
 
-Evaluation results are stored on each model version as tags (``eval.<metric>``,
-``eval.split_sha256``) so that the champion's numbers are there to compare against later. Every
-decision is logged: as tags on the candidate version and as a ``promote`` run with the numbers of
-both sides and ``promotion.json``.
+Each metric's difference is judged by a paired bootstrap over the test cases both models were
+scored on (``mtlgen.evaluate.paired``): non-inferior when the lower end of the interval of the
+candidate's improvement lies above minus the metric's margin, better when it lies above zero.
+Two models of equal quality therefore never replace each other back and forth, and a difference
+of noise size decides nothing. Without the champion's per-case scores (a version recorded before
+they were kept) the means are compared within the margins, and the reason says so.
+
+A champion that this version of mtlgen can no longer load (the network changed since it was
+trained) cannot serve predictions: the candidate replaces it, and the reason says so.
+
+Evaluation results are stored on each model version: the means as tags (``eval.<metric>``,
+``eval.split_sha256``) and the per-case scores as the ``eval_cases.json`` artifact of its
+``promote`` run (tag ``eval.cases_run``), so that the champion's numbers are there to compare
+against later. Every decision is logged: as tags on the candidate version and as a ``promote``
+run with the numbers of both sides and ``promotion.json``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from mtlgen.config import Params, TrackingConfig
+from mtlgen.evaluate.paired import paired_bootstrap
 from mtlgen.track.logger import flatten
 from mtlgen.track.run import tracked_run
 from mtlgen.track.versions import CANDIDATE, CHAMPION, loading_problem, resolve_version
@@ -26,15 +38,49 @@ log = logging.getLogger(__name__)
 
 Direction = Literal["max", "min"]
 SPLIT_TAG = "eval.split_sha256"
+CASES_TAG = "eval.cases_run"
+CASES_ARTIFACT = "eval_cases.json"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What "better" means: ``primary`` metric -> direction, each metric's non-inferiority
+    ``margins`` (metric units; 0 if absent) and the bootstrap's ``confidence`` and
+    ``resamples``."""
+
+    primary: Mapping[str, Direction]
+    margins: Mapping[str, float] = field(default_factory=dict)
+    confidence: float = 0.95
+    resamples: int = 2000
+
+    @classmethod
+    def from_params(cls, params: Params) -> Rule:
+        cfg = params.evaluate
+        return cls(
+            {m.metric: m.direction for m in cfg.primary_metrics},
+            {m.metric: m.margin for m in cfg.primary_metrics},
+            cfg.promotion_confidence,
+            cfg.promotion_resamples,
+        )
 
 
 @dataclass(frozen=True)
 class Comparison:
+    """One metric: both sides' means, the candidate's improvement (positive = better) with its
+    paired-bootstrap interval (``None`` when only means were compared), the margin, and the
+    verdicts: ``ok`` non-inferior, ``better`` better beyond noise."""
+
     metric: str
     direction: Direction
     candidate: float
     champion: float | None
     ok: bool
+    better: bool = False
+    margin: float = 0.0
+    improvement: float | None = None
+    low: float | None = None
+    high: float | None = None
+    cases: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,20 +118,73 @@ def primary_values(
     return values
 
 
+def case_scores(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Mapping[str, Any]]:
+    """The rows of ``metric``'s case kind (``<kind>.<name>``), by case id."""
+    kind = metric.split(".", 1)[0]
+    return {str(r["case"]): r for r in rows if r.get("kind") == kind}
+
+
 def compare(
     candidate: Mapping[str, float],
     champion: Mapping[str, float],
-    primary: Mapping[str, Direction],
+    rule: Rule,
+    candidate_cases: Sequence[Mapping[str, Any]] = (),
+    champion_cases: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[Comparison, ...]:
-    """Per primary metric: is the candidate no worse than the champion (ties pass)?"""
+    """Per primary metric: is the candidate non-inferior to the champion, and better? Paired
+    bootstrap when both sides' per-case scores are given, else the means within the margin."""
     rows = []
-    for name, direction in primary.items():
+    for name, direction in rule.primary.items():
         cand, champ = candidate[name], champion.get(name)
-        better_or_equal = champ is not None and (
-            cand >= champ if direction == "max" else cand <= champ
+        margin = float(rule.margins.get(name, 0.0))
+        if champ is None:
+            rows.append(Comparison(name, direction, cand, None, False, margin=margin))
+            continue
+        mine, theirs = case_scores(candidate_cases, name), case_scores(champion_cases, name)
+        if set(mine) & set(theirs):
+            diff = paired_bootstrap(
+                mine,
+                theirs,
+                name.split(".", 1)[-1],
+                direction,
+                rule.confidence,
+                rule.resamples,
+            )
+            point, low, high, n = diff.improvement, diff.low, diff.high, diff.n
+            ok, better = low >= -margin, low > 0
+        else:
+            point = cand - champ if direction == "max" else champ - cand
+            low = high = None
+            n = 0
+            ok, better = point >= -margin, point > margin
+        rows.append(
+            Comparison(name, direction, cand, champ, ok, better, margin, point, low, high, n)
         )
-        rows.append(Comparison(name, direction, cand, champ, better_or_equal))
     return tuple(rows)
+
+
+def _champion_cases(tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The champion's recorded per-case scores ([] for a version recorded before they were)."""
+    import mlflow
+
+    run_id = tags.get(CASES_TAG)
+    if not run_id:
+        return []
+    return list(mlflow.artifacts.load_dict(f"runs:/{run_id}/{CASES_ARTIFACT}")["cases"])
+
+
+def _verdict(version: str, rows: tuple[Comparison, ...], paired: bool) -> tuple[bool, str]:
+    how = "paired bootstrap" if paired else "means only: the champion has no per-case scores"
+    worse = [r.metric for r in rows if not r.ok]
+    if worse:
+        return False, f"worse than champion v{version} beyond the margin on {worse} ({how})"
+    better = [r.metric for r in rows if r.better]
+    if not better:
+        return False, (
+            f"non-inferior to champion v{version} but better on no primary metric beyond "
+            f"noise ({how})"
+        )
+    return True, f"non-inferior to champion v{version} and better on {better} ({how})"
 
 
 def _decide(
@@ -95,7 +194,8 @@ def _decide(
     version: str,
     values: dict[str, float],
     split_sha256: str,
-    primary: Mapping[str, Direction],
+    rule: Rule,
+    cases: Sequence[Mapping[str, Any]],
 ) -> tuple[str | None, bool, str, tuple[Comparison, ...]]:
     from mlflow.exceptions import MlflowException
 
@@ -103,7 +203,10 @@ def _decide(
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
-    no_champion = tuple(Comparison(m, d, values[m], None, True) for m, d in primary.items())
+    no_champion = tuple(
+        Comparison(m, d, values[m], None, True, margin=rule.margins.get(m, 0.0))
+        for m, d in rule.primary.items()
+    )
     if champion is None:
         return None, True, "no champion yet", no_champion
     champion_version = str(champion.version)
@@ -120,33 +223,38 @@ def _decide(
             f"({tags.get(SPLIT_TAG, 'none')[:12]} vs {split_sha256[:12]}); re-evaluate it first"
         )
         return champion_version, False, reason, ()
-    champ_values = {m: float(tags[f"eval.{m}"]) for m in primary if f"eval.{m}" in tags}
-    rows = compare(values, champ_values, primary)
-    worse = [r.metric for r in rows if not r.ok]
-    if worse:
-        return champion_version, False, f"worse than champion v{champion_version} on {worse}", rows
-    return (
-        champion_version,
-        True,
-        f"no worse than champion v{champion_version} on every primary metric",
-        rows,
-    )
+    champ_values = {m: float(tags[f"eval.{m}"]) for m in rule.primary if f"eval.{m}" in tags}
+    champ_cases = _champion_cases(tags)
+    rows = compare(values, champ_values, rule, cases, champ_cases)
+    promoted, reason = _verdict(champion_version, rows, any(r.low is not None for r in rows))
+    return champion_version, promoted, reason, rows
+
+
+def _kept_cases(cases: Sequence[Mapping[str, Any]], rule: Rule) -> list[dict[str, Any]]:
+    """The per-case fields the rule reads: case id, kind, status and the primary metrics."""
+    kinds = {m.split(".", 1)[0] for m in rule.primary}
+    fields = ["case", "kind", "status_true", "status_pred"]
+    fields += sorted({m.split(".", 1)[-1] for m in rule.primary} - set(fields))
+    return [{f: r.get(f) for f in fields} for r in cases if r.get("kind") in kinds]
 
 
 def promote(
     cfg: TrackingConfig,
     metrics: Mapping[str, Any],
-    primary: Mapping[str, Direction],
+    rule: Rule,
     split_sha256: str,
     ref: str = CANDIDATE,
     source: str = "metrics",
+    cases: Sequence[Mapping[str, Any]] = (),
 ) -> Decision:
-    """Record the evaluation of model version ``ref`` and apply the promotion rule to it."""
+    """Record the evaluation of model version ``ref`` (means ``metrics`` and, for the paired
+    comparison, its per-case rows ``cases`` of ``cases.tsv``) and apply the rule to it."""
     import mlflow
 
-    if not primary:
+    if not rule.primary:
         raise ValueError("promotion needs at least one primary metric (evaluate section)")
-    values = primary_values(metrics, primary, source)
+    values = primary_values(metrics, rule.primary, source)
+    kept = _kept_cases(cases, rule)
     name = cfg.model_name
     version = resolve_version(cfg, ref)
     client = mlflow.MlflowClient()
@@ -154,7 +262,7 @@ def promote(
         client.set_model_version_tag(name, version, f"eval.{metric}", repr(value))
     client.set_model_version_tag(name, version, SPLIT_TAG, split_sha256)
     before, promoted, reason, rows = _decide(
-        cfg, client, name, version, values, split_sha256, primary
+        cfg, client, name, version, values, split_sha256, rule, kept
     )
     decision = Decision(name, version, before, promoted, reason, split_sha256, rows)
     with tracked_run(cfg, f"promote-{name}-v{version}", {"mtlgen.stage": "promote"}) as run:
@@ -164,19 +272,33 @@ def promote(
                 "candidate_version": version,
                 "champion_version": str(before),
                 "split_sha256": split_sha256,
+                "confidence": rule.confidence,
             }
         )
         run.log_metrics({f"candidate.{m}": v for m, v in values.items()})
         run.log_metrics(
             {f"champion.{r.metric}": r.champion for r in rows if r.champion is not None}
         )
+        run.log_metrics(
+            {
+                f"improvement.{r.metric}.{end}": getattr(r, end)
+                for r in rows
+                for end in ("low", "high")
+                if getattr(r, end) is not None
+            }
+        )
         run.log_dict(decision.to_dict(), "promotion.json")
+        if kept:
+            run.log_dict({"cases": kept}, CASES_ARTIFACT)
         run.set_tags(
             {
                 "promotion.decision": "promoted" if promoted else "rejected",
                 "promotion.reason": reason,
             }
         )
+        run_id = run.run_id
+    if kept:
+        client.set_model_version_tag(name, version, CASES_TAG, run_id)
     client.set_model_version_tag(
         name, version, "promotion.decision", "promoted" if promoted else "rejected"
     )
@@ -184,17 +306,37 @@ def promote(
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     log.info("%s v%s: %s (%s)", name, version, "promoted" if promoted else "not promoted", reason)
+    for r in rows:
+        if r.low is not None:
+            log.info(
+                "  %s: candidate %.4g vs champion %.4g, improvement %.4g [%.4g, %.4g] "
+                "(margin %.4g, %d cases)",
+                r.metric,
+                r.candidate,
+                r.champion,
+                r.improvement,
+                r.low,
+                r.high,
+                r.margin,
+                r.cases,
+            )
     return decision
 
 
-def promote_evaluated(
-    params: Params, evaluation: Mapping[str, Any], predictor: str, ref: str, source: str
-) -> Decision:
-    """Apply the rule to model version ``ref`` with the primary metrics that ``predictor`` scored
-    in ``evaluation`` (a ``metrics.json`` of ``mtlgen evaluate``), on that evaluation's split."""
+def promote_evaluated(params: Params, metrics_path: Path, predictor: str, ref: str) -> Decision:
+    """Apply the rule to model version ``ref`` with what ``predictor`` scored in the evaluation
+    at ``metrics_path`` (``metrics.json`` of ``mtlgen evaluate``; its ``cases.tsv`` beside it
+    gives the per-case scores), on that evaluation's split."""
     from mtlgen.evaluate.aggregate import primary_scores
+    from mtlgen.evaluate.run import read_cases
 
-    primary = {m.metric: m.direction for m in params.evaluate.primary_metrics}
-    scores = primary_scores(dict(evaluation), predictor, params.evaluate)
+    metrics_path = Path(metrics_path)
+    evaluation = json.loads(metrics_path.read_text())
+    scores = primary_scores(evaluation, predictor, params.evaluate)
+    cases = [
+        r for r in read_cases(metrics_path.with_name("cases.tsv")) if r["predictor"] == predictor
+    ]
     split_sha = evaluation["meta"]["split_sha256"]
-    return promote(params.tracking, scores, primary, split_sha, ref, source=source)
+    return promote(
+        params.tracking, scores, Rule.from_params(params), split_sha, ref, str(metrics_path), cases
+    )
