@@ -19,6 +19,7 @@ from mtlgen.config.sections import (
     DataConfig,
     EvaluateConfig,
     FlowsConfig,
+    GenerativeConfig,
     ModelConfig,
     PredictConfig,
     PreprocessConfig,
@@ -50,6 +51,8 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
     predict: PredictConfig = PredictConfig()
     flows: FlowsConfig = FlowsConfig()
+    generative: GenerativeConfig = GenerativeConfig()
+    generative: GenerativeConfig = GenerativeConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

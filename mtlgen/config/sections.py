@@ -200,6 +200,29 @@ class TrainConfig(Section):
         return self
 
 
+class GenerativeConfig(Section):
+    """The diffusion generator of follow-up residuals (``mtlgen.generative``): its cube,
+    network, schedule, sampler and training budget."""
+
+    out_dir: Path = Path("data/models/generative")
+    crop: int = Field(24, ge=8, le=256)
+    residual_scale: float = Field(0.1, gt=0)
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 32], min_length=2)
+    num_res_blocks: int = Field(1, ge=1, le=4)
+    train_timesteps: int = Field(1000, ge=10, le=10_000)
+    sampler: Literal["ddim", "dpm"] = "ddim"
+    steps: int = Field(10, ge=1, le=1000)
+    n_samples: int = Field(8, ge=2, le=256)
+    steps_per_epoch: int = Field(100, ge=1)
+    epochs: int = Field(12, ge=1, le=10_000)
+    batch_size: int = Field(4, ge=1, le=256)
+    lr: float = Field(5e-4, gt=0, le=1)
+    spread_grid: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0], min_length=1
+    )
+    spread_cases: int = Field(16, ge=1)
+
+
 FlowName = Literal["register", "train", "predict", "pipeline"]
 
 CronExpr = Annotated[str, AfterValidator(check_cron)]

@@ -14,12 +14,14 @@ from mtlgen.progression import Status
 
 @dataclass(frozen=True)
 class Prediction:
-    """A predicted target visit on the model grid (the context's grid)."""
+    """A predicted target visit on the model grid (the context's grid). A generative predictor
+    also gives its ``samples`` (contrast -> ``[n, *S]``); ``images`` is then their mean."""
 
     images: dict[str, np.ndarray]  # contrast -> predicted normalised image
     label: np.ndarray  # uint8: 0 background, 1 lesion core, 2 edema
     core_volume_ml: float
     status: Status
+    samples: dict[str, np.ndarray] | None = None
 
 
 class Predictor(Protocol):
