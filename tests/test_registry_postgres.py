@@ -129,6 +129,7 @@ def test_concurrent_registrations_on_postgres(
     settings = tmp_path / "params.yaml"
     settings.write_text(
         f"registry:\n  url: {postgres_url}\n  key_file: {params.registry.key_file}\n"
+        f"  allowed_roots: [{params.registry.allowed_roots[0]}]\n"
         f"preprocess:\n  out_dir: {params.preprocess.out_dir}\n"
     )
     manifest = tmp_path / "three.csv"
