@@ -561,3 +561,26 @@ def test_two_processes_register_valid_and_invalid_rows_once(
     }
     assert dupes == []
     _assert_kept(url, before)
+
+
+@pytest.mark.slow
+def test_a_differently_built_cohort_passes_the_quality_gate(tmp_path):
+    """Other orientations, anisotropic 1.2 x 1.2 x 2.5 mm voxels, int16 and float32, missing
+    contrasts: the default thresholds hold nothing back (measured NCC 0.93-0.95, MI 0.93-1.11)."""
+    from mtlgen.config import SynthConfig
+    from mtlgen.synth.cohort import write_cohort
+
+    cohort = SynthConfig(
+        patients=3,
+        visits_min=2,
+        visits_max=3,
+        spacing_mm=(1.2, 1.2, 2.5),
+        orientation=["LPS", "LAS", "PIR"],
+        dtype=["int16", "float32"],
+        missing_contrast_prob=0.5,
+        workers=1,
+    )
+    write_cohort(cohort, 3, tmp_path / "bids", progress=False)
+    result = register_source(tmp_path / "bids", _params(tmp_path), progress=False)
+    assert result.rejected == [] and result.registered > 0
+    assert result.needs_review == 0
