@@ -47,7 +47,7 @@ class RegistryConfig(Section):
     review_min_mi: float = Field(0.3, ge=0)
     head_foreground_range: tuple[float, float] = (0.02, 0.9)
     head_min_coherence: float = Field(0.5, ge=-1, le=1)
-    head_min_extent_mm: float = Field(50.0, ge=0)
+    head_min_extent_mm: float = Field(30.0, ge=0)
     stale_after_s: float = Field(3600.0, ge=0)
 
     @model_validator(mode="after")
