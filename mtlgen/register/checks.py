@@ -68,7 +68,9 @@ def source_roots(src: PatientSource, reg: RegistryConfig) -> list[Path]:
     return [*([src.root] if src.root is not None else []), *reg.allowed_roots]
 
 
-def read_files(scan: ScanSource, roots: list[Path], reg: RegistryConfig) -> tuple[tuple, str]:
+def read_files(
+    scan: ScanSource, roots: list[Path], reg: RegistryConfig
+) -> tuple[tuple[Path, ...], str]:
     """The files a scan stands for and their sha256 (``Refused`` if the file policy refuses
     them)."""
     max_bytes = int(reg.max_file_mb * 2**20)
