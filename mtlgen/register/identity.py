@@ -4,7 +4,7 @@ patient, its baseline visit, reference contrast and model grid."""
 from __future__ import annotations
 
 from mtlgen.config import Params
-from mtlgen.ids import check_token
+from mtlgen.ids import InvalidIdentifier, check_token, digest
 from mtlgen.io.source_types import LABEL, PatientSource, VisitSource
 from mtlgen.preprocess.grid import brain_center, grid_around
 from mtlgen.register.checks import Pending
@@ -18,6 +18,15 @@ def pseudonym_of(src: PatientSource, key: bytes) -> str:
     holds the id redacted by ``key``) for an id that is not a plain token."""
     check_token(src.patient_id, "patient id", private=True, key=key)
     return pseudonymise(src.patient_id, key)
+
+
+def patient_label(src: PatientSource, key: bytes) -> str:
+    """How output names a source patient: its pseudonym, or ``invalid-id-<hash>`` (keyed) for an
+    id that is not a plain token."""
+    try:
+        return pseudonym_of(src, key)
+    except InvalidIdentifier:
+        return f"invalid-id-{digest(src.patient_id, key)}"
 
 
 def new_patient(

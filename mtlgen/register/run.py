@@ -24,11 +24,11 @@ from sqlalchemy.exc import IntegrityError
 from tqdm import tqdm
 
 from mtlgen.config import Params
-from mtlgen.ids import InvalidIdentifier, digest
+from mtlgen.ids import InvalidIdentifier
 from mtlgen.io.source_types import PatientSource
 from mtlgen.io.sources import discover
 from mtlgen.register.checks import check_visits, date_visits, known_versions
-from mtlgen.register.identity import new_patient, pseudonym_of
+from mtlgen.register.identity import new_patient, patient_label, pseudonym_of
 from mtlgen.register.process import process, scan_record
 from mtlgen.register.recovery import recover
 from mtlgen.register.results import Ledger, PatientResult, SourceResult
@@ -66,7 +66,7 @@ def register_patient(src: PatientSource, params: Params, key: bytes | None = Non
     try:
         pseudonym = pseudonym_of(src, key)
     except InvalidIdentifier as exc:
-        ledger = Ledger(PatientResult(None, label=f"invalid-id-{digest(src.patient_id, key)}"))
+        ledger = Ledger(PatientResult(None, label=patient_label(src, key)))
         for scan in src.files():
             ledger.reject(None, scan, str(exc))
         record_patient(params.registry, None, [], ledger.rejections())
