@@ -18,7 +18,6 @@ from prefect.states import Failed, State
 
 from flows.runtime import load_params, task_runner
 from mtlgen.config import Params
-from mtlgen.ids import InvalidIdentifier, check_token
 from mtlgen.io.source_types import PatientSource
 from mtlgen.io.sources import discover
 from mtlgen.orchestration.register_report import (
@@ -28,8 +27,9 @@ from mtlgen.orchestration.register_report import (
     summary_line,
     summary_rows,
 )
+from mtlgen.register.identity import patient_label
 from mtlgen.register.run import register_patient
-from mtlgen.registry.pseudonym import load_key, pseudonymise
+from mtlgen.registry.pseudonym import load_key
 
 ARTIFACT_KEY = "registration-summary"
 
@@ -72,15 +72,10 @@ def register_patient_task(src: PatientSource, params: Params, label: str) -> Pat
 
 
 def patient_labels(patients: list[PatientSource], params: Params) -> list[str]:
-    """Each patient's pseudonym (``invalid-id-<n>`` for a source id that is not a plain token)."""
+    """Each patient's pseudonym (``invalid-id-<hash>`` for a source id that is not a plain
+    token, as the registry names it)."""
     key = load_key(params.registry.key_file)
-    labels = []
-    for i, src in enumerate(patients, start=1):
-        try:
-            labels.append(pseudonymise(check_token(src.patient_id, "patient id"), key))
-        except InvalidIdentifier:
-            labels.append(f"invalid-id-{i}")
-    return labels
+    return [patient_label(src, key) for src in patients]
 
 
 def _outcome(state: State, label: str) -> PatientOutcome:

@@ -145,9 +145,12 @@ def motion_cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def register_params():
-    """Factory: Params whose registry, key file and processed folder live under ``root``."""
+def register_params(tmp_path_factory):
+    """Factory: Params whose registry, key file and processed folder live under ``root``; files
+    anywhere under pytest's temporary folder may be registered (``registry.allowed_roots``)."""
     from mtlgen.config import Params
+
+    allowed = str(tmp_path_factory.getbasetemp())  # manifests name cohorts in other folders
 
     def make(root: Path, url: str | None = None):
         return Params.model_validate(
@@ -155,6 +158,7 @@ def register_params():
                 "registry": {
                     "url": url or f"sqlite:///{root / 'registry.sqlite'}",
                     "key_file": str(root / "pseudonym.key"),
+                    "allowed_roots": [allowed],
                 },
                 "preprocess": {"out_dir": str(root / "processed")},
             }

@@ -183,6 +183,7 @@ def test_registry_commands_list_patients_timeline_and_rejections(registered, tmp
     settings = tmp_path / "params.yaml"
     settings.write_text(
         f"registry:\n  url: {params.registry.url}\n  key_file: {params.registry.key_file}\n"
+        f"  allowed_roots: [{params.registry.allowed_roots[0]}]\n"
     )
     runner = CliRunner()
     patients = runner.invoke(app, ["-p", str(settings), "registry", "patients"])
@@ -204,6 +205,7 @@ def test_registry_commands_list_patients_timeline_and_rejections(registered, tmp
         "aligned_on",
         "mi",
         "ncc",
+        "review",
     ]
     assert rows[1].split()[2] == "0" and all("current" in r for r in rows[1:])
     missing = runner.invoke(app, ["-p", str(settings), "registry", "timeline", "pnope"])
@@ -221,6 +223,7 @@ def test_concurrent_registrations_lose_and_duplicate_nothing(
     settings = tmp_path / "params.yaml"
     settings.write_text(
         f"registry:\n  url: {params.registry.url}\n  key_file: {params.registry.key_file}\n"
+        f"  allowed_roots: [{params.registry.allowed_roots[0]}]\n"
         f"preprocess:\n  out_dir: {params.preprocess.out_dir}\n"
     )
     manifests = []

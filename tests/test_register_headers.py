@@ -32,9 +32,10 @@ LPS = np.diag([-1.0, -1.0, 1.0])
 def test_anatomical_nii_registers_with_its_orientation_and_spacing(tmp_path, register_params):
     params = register_params(tmp_path)
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"patient,date,modality,image\nnib01,2020-03-04,T1w,{ANATOMICAL}\n")
+    image = shutil.copy(ANATOMICAL, tmp_path)  # under the manifest's folder (file policy)
+    manifest.write_text(f"patient,date,modality,image\nnib01,2020-03-04,T1w,{image}\n")
     result = register_source(manifest, params, progress=False)
-    assert (result.registered, result.rejected) == (1, [])
+    assert (result.registered, result.needs_review, result.rejected) == (1, 0, [])
     with session_scope(params.registry.url) as s:
         scan, res = s.execute(select(Scan, Result).join(Result, Result.scan_id == Scan.id)).one()
     assert scan.orientation == "LAS"
@@ -125,7 +126,7 @@ def test_dicom_folder_registers_series_and_rejects_single_slice(
     source, _ = dicom_source
     params = register_params(tmp_path)
     result = register_source(source, params, progress=False)
-    assert result.registered == 1
+    assert (result.registered, result.needs_review) == (1, 0)
     ((rejected),) = result.rejected
     assert rejected.path.endswith("MR_small.dcm")
     assert rejected.reason.startswith("2-D image (shape 64x64x1)")
@@ -145,7 +146,7 @@ def test_manifest_accepts_a_dicom_file(tmp_path, register_params):
             "patient": "mr1",
             "days": "0",
             "modality": "T1w",
-            "image": get_testdata_file("MR_small.dcm"),
+            "image": shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path),
         }
     ]
     with manifest.open("w", newline="") as fh:

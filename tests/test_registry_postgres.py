@@ -110,7 +110,7 @@ def test_register_on_postgres_is_idempotent(
         writer.writerows(rows)
     first = register_source(manifest, params, progress=False)
     assert first.registered == len(rows) - 1 + len({r["label"] for r in rows[:-1]})
-    assert [r.reason.split(" is not")[0] for r in first.rejected] == ["patient id 'x/y'"]
+    assert [r.reason.split(", hash")[0] for r in first.rejected] == ["patient id <3 chars"]
     before = _counts(postgres_url)
     again = register_source(manifest, params, progress=False)
     assert (again.registered, again.unchanged) == (0, first.registered)
@@ -129,6 +129,7 @@ def test_concurrent_registrations_on_postgres(
     settings = tmp_path / "params.yaml"
     settings.write_text(
         f"registry:\n  url: {postgres_url}\n  key_file: {params.registry.key_file}\n"
+        f"  allowed_roots: [{params.registry.allowed_roots[0]}]\n"
         f"preprocess:\n  out_dir: {params.preprocess.out_dir}\n"
     )
     manifest = tmp_path / "three.csv"

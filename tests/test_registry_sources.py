@@ -49,7 +49,7 @@ def test_discover_rejects_unknown_sources_with_the_path(tmp_path):
         discover(manifest)
 
 
-def test_manifest_groups_rows_into_visits_and_flags_duplicates(tmp_path):
+def test_manifest_groups_rows_into_visits_with_their_lines(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text(
         "patient,days,modality,image,label\n"
@@ -64,7 +64,8 @@ def test_manifest_groups_rows_into_visits_and_flags_duplicates(tmp_path):
     assert set(visits) == {"day0", "day120_5", "dayabc"}
     first = visits["day0"]
     assert [s.modality for s in first.scans] == ["T1w", "FLAIR", "T1w"]
-    assert first.scans[2].problem.startswith("duplicate T1w entry")
+    assert [s.line for s in first.scans] == [2, 3, 4]  # registration keeps one T1w of two
+    assert all(s.problem is None for s in first.scans) and patient.root == tmp_path
     assert first.label.files == ((tmp_path / "l.nii.gz").resolve(),)
     assert visits["day120_5"].days == 120.5
     assert "unparsable days 'abc'" in visits["dayabc"].problem

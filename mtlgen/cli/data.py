@@ -81,14 +81,19 @@ def register(
     out: Annotated[
         Path | None, typer.Option(help="Folder of processed files [preprocess.out_dir].")
     ] = None,
+    show_sources: Annotated[
+        bool, typer.Option(help="Also print source file paths (they may hold source ids).")
+    ] = False,
 ) -> None:
     """Register a scan series: record every file in the registry and align each follow-up to
     its patient's baseline on the model grid.
 
     Re-running on the same source adds and changes nothing; a changed file becomes a new
     version. Bad files are rejected with a one-line reason (see `mtlgen registry rejections`)
-    and the rest goes on. Exit status: the number of files rejected in this run (capped at
-    100), 0 if none.
+    and the rest goes on; files outside the source folder and registry.allowed_roots, devices
+    and FIFOs are refused unread. Implausible scans are registered but held for review (see
+    `mtlgen registry review`). Patients are shown by pseudonym and files by manifest line.
+    Exit status: the number of files rejected in this run (capped at 100), 0 if none.
     """
     from mtlgen.io.sources import SourceError
     from mtlgen.register.run import register_source
@@ -105,13 +110,18 @@ def register(
         raise typer.Exit(2) from None
     rejected = result.rejected
     if rejected:
-        rows = [
-            {"visit": r.visit, "kind": r.kind, "file": r.path, "reason": r.reason} for r in rejected
-        ]
+        rows = []
+        for patient in result.patients:
+            for r in patient.rejected:
+                row = {"patient": patient.label, "line": r.line, "visit": r.visit, "kind": r.kind}
+                rows.append(
+                    {**row, **({"file": r.path} if show_sources else {}), "reason": r.reason}
+                )
         typer.echo(format_table(rows))
+    review = f" ({result.needs_review} held for review)" if result.needs_review else ""
     typer.echo(
-        f"registered {result.registered}, unchanged {result.unchanged}, rejected {len(rejected)} "
-        f"files of {len(result.patients)} patients"
+        f"registered {result.registered}{review}, unchanged {result.unchanged}, rejected "
+        f"{len(rejected)} files of {len(result.patients)} patients"
     )
     raise typer.Exit(min(len(rejected), _MAX_EXIT))
 
@@ -155,11 +165,53 @@ def registry_timeline(
 
 
 @registry_app.command("rejections")
-def registry_rejections(ctx: typer.Context) -> None:
-    """List every rejected file with its one-line reason."""
+def registry_rejections(
+    ctx: typer.Context,
+    show_sources: Annotated[
+        bool, typer.Option(help="Also print source file paths (they may hold source ids).")
+    ] = False,
+) -> None:
+    """List every rejected file with its one-line reason, the number of patients it affects,
+    the first of them (pseudonyms) and their manifest lines."""
     from mtlgen.registry.queries import format_table, list_rejections
 
-    typer.echo(format_table(list_rejections(config_from(ctx).registry)))
+    typer.echo(format_table(list_rejections(config_from(ctx).registry, show_sources)))
+
+
+@registry_app.command("review")
+def registry_review(
+    ctx: typer.Context,
+    review_id: Annotated[
+        int | None, typer.Argument(metavar="ID", help="The review to settle.")
+    ] = None,
+    accept: Annotated[
+        bool, typer.Option("--accept", help="Use the file for training and prediction.")
+    ] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Keep the file out for good.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="List settled reviews too.")] = False,
+) -> None:
+    """List files the quality gate held back (implausible alignment to the baseline, or not
+    looking like a head scan), or settle one: ID --accept or ID --reject. Held files stay out
+    of training and prediction until accepted."""
+    from mtlgen.registry.models import NEEDS_REVIEW
+    from mtlgen.registry.queries import format_table, list_reviews, settle_review
+
+    reg = config_from(ctx).registry
+    if review_id is None:
+        if accept or reject:
+            typer.echo("error: --accept/--reject need a review ID", err=True)
+            raise typer.Exit(2)
+        typer.echo(format_table(list_reviews(reg, None if all_ else NEEDS_REVIEW)))
+        return
+    if accept == reject:
+        typer.echo("error: give exactly one of --accept or --reject", err=True)
+        raise typer.Exit(2)
+    try:
+        state = settle_review(reg, review_id, accept)
+    except KeyError as exc:
+        typer.echo(f"error: {exc.args[0]}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"review {review_id}: {state}")
 
 
 @app.command()

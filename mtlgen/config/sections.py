@@ -41,12 +41,23 @@ class RegistryConfig(Section):
     label_values: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     spacing_range_mm: tuple[float, float] = (0.2, 10.0)
     sqlite_timeout_s: float = Field(120.0, gt=0)
+    allowed_roots: list[Path] = Field(default_factory=list)
+    max_file_mb: float = Field(2048.0, gt=0)
+    review_min_ncc: float = Field(0.5, ge=-1, le=1)
+    review_min_mi: float = Field(0.3, ge=0)
+    head_foreground_range: tuple[float, float] = (0.02, 0.9)
+    head_min_coherence: float = Field(0.5, ge=-1, le=1)
+    head_min_extent_mm: float = Field(30.0, ge=0)
+    stale_after_s: float = Field(3600.0, ge=0)
 
     @model_validator(mode="after")
     def _ranges(self) -> RegistryConfig:
         lo, hi = self.spacing_range_mm
         if not 0 < lo < hi:
             raise ValueError("spacing_range_mm must be an increasing pair of positive numbers")
+        lo, hi = self.head_foreground_range
+        if not 0 <= lo < hi <= 1:
+            raise ValueError("head_foreground_range must be an increasing pair in 0..1")
         if any(not 0 <= v <= 255 for v in self.label_values):
             raise ValueError("label_values must lie in 0..255 (labels are stored as uint8)")
         return self

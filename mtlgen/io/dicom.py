@@ -50,13 +50,14 @@ def discover_dicom(root: Path) -> list[PatientSource]:
         lambda: defaultdict(lambda: defaultdict(list))
     )
     names: dict[str, str] = {}
+    unreadable = 0
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if not is_dicom(path):
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, ValueError, EOFError) as exc:
-            log.warning("skipping %s: unreadable DICOM header (%s)", path, exc)
+        except (InvalidDicomError, ValueError, EOFError):
+            unreadable += 1  # not logged by path: paths may hold source patient ids
             continue
         uid = str(ds.get("SeriesInstanceUID", path.parent))
         series[str(ds.get("PatientID", ""))][str(ds.get("StudyDate", ""))][uid].append(path)
@@ -70,15 +71,12 @@ def discover_dicom(root: Path) -> list[PatientSource]:
                 when = parse_date(study_date)
             except ValueError as exc:
                 problem = f"{exc} (DICOM StudyDate)"
-            scans, seen = [], set()
-            for uid, files in by_uid.items():
-                modality = names[uid]
-                dup = f"duplicate {modality} series in this study" if modality in seen else None
-                seen.add(modality)
-                scans.append(ScanSource(modality, tuple(sorted(files)), dup))
+            scans = [ScanSource(names[uid], tuple(sorted(files))) for uid, files in by_uid.items()]
             visit_id = re.sub(r"\D", "", study_date) or "nodate"
             visits.append(VisitSource(visit_id, when, tuple(scans), problem=problem))
-        patients.append(PatientSource(patient_id, mark_duplicates(visits), "dicom"))
+        patients.append(PatientSource(patient_id, mark_duplicates(visits), "dicom", root))
+    if unreadable:
+        log.warning("skipped %d files with an unreadable DICOM header", unreadable)
     return patients
 
 

@@ -17,11 +17,13 @@ LABEL = "label"  # the modality name of a visit's label (segmentation)
 
 @dataclass(frozen=True)
 class ScanSource:
-    """One image (or label) of a visit: a NIfTI file, or the files of one DICOM series."""
+    """One image (or label) of a visit: a NIfTI file, or the files of one DICOM series;
+    ``line`` is the manifest line that named it (None for BIDS and DICOM sources)."""
 
     modality: str
     files: tuple[Path, ...]
     problem: str | None = None
+    line: int | None = None
 
     @property
     def path(self) -> Path:
@@ -46,11 +48,13 @@ class VisitSource:
 
 @dataclass(frozen=True)
 class PatientSource:
-    """All visits of one source patient. ``patient_id`` is the *source* id (never stored as is)."""
+    """All visits of one source patient. ``patient_id`` is the *source* id (never stored as is);
+    ``root`` is the source folder its files must lie under (see ``mtlgen.io.policy``)."""
 
     patient_id: str
     visits: tuple[VisitSource, ...]
     origin: str = field(default="bids", compare=False)
+    root: Path | None = field(default=None, compare=False)
 
     def files(self) -> list[ScanSource]:
         return [s for v in self.visits for s in v.files()]

@@ -77,12 +77,7 @@ def discover_bids(root: Path) -> list[PatientSource]:
         dates, table_problem = _bids_dates(subject_dir)
         visits = []
         for ses_dir in sorted(p for p in subject_dir.glob("ses-*") if p.is_dir()):
-            scans, seen = [], set()
-            for f in sorted((ses_dir / "anat").glob("*.nii*")):
-                modality = _bids_suffix(f)
-                problem = f"duplicate {modality} image in this visit" if modality in seen else None
-                seen.add(modality)
-                scans.append(ScanSource(modality, (f,), problem))
+            scans = [ScanSource(_bids_suffix(f), (f,)) for f in sorted(ses_dir.glob("anat/*.nii*"))]
             rel = Path(subject_dir.name) / ses_dir.name / "anat"
             labels = sorted(root.glob(f"derivatives/*/{rel}/*_dseg.nii*"))
             label = ScanSource(LABEL, (labels[0],)) if labels else None
@@ -95,7 +90,9 @@ def discover_bids(root: Path) -> list[PatientSource]:
             visit_id = ses_dir.name.removeprefix("ses-")
             visits.append(VisitSource(visit_id, visit_date, tuple(scans), label, problem=problem))
         patients.append(
-            PatientSource(subject_dir.name.removeprefix("sub-"), mark_duplicates(visits), "bids")
+            PatientSource(
+                subject_dir.name.removeprefix("sub-"), mark_duplicates(visits), "bids", root
+            )
         )
     return patients
 
@@ -106,7 +103,8 @@ _REQUIRED = ("patient", "modality", "image")
 
 def discover_manifest(manifest: Path) -> list[PatientSource]:
     """CSV/TSV with columns patient, modality, image, one of date / days, and optionally visit
-    and label. Relative paths are relative to the manifest's folder."""
+    and label. Relative paths are relative to the manifest's folder. Two rows of one contrast in
+    one visit are both listed: registration keeps the one that passes its checks."""
     delimiter = "\t" if manifest.suffix.lower() == ".tsv" else ","
     with manifest.open(newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
@@ -148,24 +146,19 @@ def discover_manifest(manifest: Path) -> list[PatientSource]:
                     days = _parse_days(cell(entries[0][1], "days"))
             except ValueError as exc:
                 problem = f"{exc} (manifest line {entries[0][0]})"
-            scans, seen, labels = [], set(), set()
+            scans, labels = [], {}
             for line, row in entries:
-                modality = cell(row, "modality")
-                dup = f"duplicate {modality} entry for this visit (manifest line {line})"
-                scans.append(
-                    ScanSource(
-                        modality, (resolve(cell(row, "image")),), dup if modality in seen else None
-                    )
-                )
-                seen.add(modality)
+                image = resolve(cell(row, "image"))
+                scans.append(ScanSource(cell(row, "modality"), (image,), line=line))
                 if cell(row, "label"):
-                    labels.add(resolve(cell(row, "label")))
+                    labels.setdefault(resolve(cell(row, "label")), line)
             label = None
             if labels:
                 label_problem = "different label files for one visit" if len(labels) > 1 else None
-                label = ScanSource(LABEL, (sorted(labels)[0],), label_problem)
+                first = sorted(labels)[0]
+                label = ScanSource(LABEL, (first,), label_problem, labels[first])
             visits.append(VisitSource(visit_id, visit_date, tuple(scans), label, days, problem))
-        patients.append(PatientSource(patient_id, mark_duplicates(visits), "csv"))
+        patients.append(PatientSource(patient_id, mark_duplicates(visits), "csv", manifest.parent))
     return patients
 
 

@@ -24,6 +24,7 @@ from mtlgen.preprocess.grid import Grid
 from mtlgen.preprocess.intensity import foreground, match_reference, scale_on_tissue
 from mtlgen.preprocess.resample import resample_to_grid
 from mtlgen.register.checks import Pending
+from mtlgen.register.quality import alignment_problem
 from mtlgen.register.results import Ledger
 from mtlgen.registry.models import CURRENT, Patient, Visit
 from mtlgen.registry.record import ScanRecord
@@ -147,7 +148,7 @@ def _write_on_grid(
     params: Params,
 ) -> None:
     """Resample a visit's files onto the grid, write them and set their ``processed`` and
-    ``result``."""
+    ``result``; a follow-up whose alignment is implausible is held for review, all its files."""
     transform, mi, reference = alignment
     grid = base.grid
     out_dir = params.preprocess.out_dir / patient.pseudonym / visit_id
@@ -166,6 +167,11 @@ def _write_on_grid(
             same = p.scan.modality == patient.reference and visit_id != patient.baseline_visit
             quality = ncc(image, base.fixed, base.mask & inside) if same else None
         p.result = {"to_baseline": transform, "reference": reference, "mi": mi, "ncc": quality}
+    if visit_id != patient.baseline_visit:
+        nccs = [p.result["ncc"] for p in files if p.result["ncc"] is not None]
+        problem = alignment_problem(min(nccs) if nccs else None, mi, params.registry)
+        for p in files:
+            p.review = problem or p.review
 
 
 def _matched(image: np.ndarray, inside: np.ndarray, base: _Baseline, contrast: str) -> np.ndarray:
@@ -224,4 +230,5 @@ def scan_record(p: Pending) -> ScanRecord:
         reference=p.result["reference"],
         mi=p.result["mi"],
         ncc=p.result["ncc"],
+        review=p.review,
     )

@@ -1,5 +1,8 @@
 """Registry tables (SQLAlchemy 2 ORM): patients, their source ids, visits, scans, labels,
-processing results and rejections.
+processing results, reviews (files the quality gate held back) and rejections with every patient
+they affect.
+
+Tables are only ever added (never altered), so ``create_all`` brings an older registry up to date.
 
 Only ``patient_ids`` holds a source patient id; every other table uses the pseudonym. A scan
 (or label) is one *version* of a visit's contrast: a changed file is a new row with the next
@@ -24,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 CURRENT, SUPERSEDED = "current", "superseded"
+NEEDS_REVIEW, ACCEPTED, REJECTED = "needs_review", "accepted", "rejected"
 
 
 def _now() -> datetime:
@@ -106,6 +110,7 @@ class Scan(_SourceFile, Base):
     modality: Mapped[str] = mapped_column(String(64))
     visit: Mapped[Visit] = relationship(back_populates="scans")
     result: Mapped[Result | None] = relationship(back_populates="scan")
+    review: Mapped[Review | None] = relationship(viewonly=True)
 
 
 class Label(_SourceFile, Base):
@@ -118,6 +123,7 @@ class Label(_SourceFile, Base):
     visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id", ondelete="CASCADE"))
     visit: Mapped[Visit] = relationship(back_populates="labels")
     result: Mapped[Result | None] = relationship(back_populates="label")
+    review: Mapped[Review | None] = relationship(viewonly=True)
 
 
 class Result(Base):
@@ -144,7 +150,8 @@ class Result(Base):
 
 
 class Rejection(Base):
-    """A file that failed a check, with its one-line reason (recorded once per content)."""
+    """A file that failed a check, with its one-line reason (recorded once per content; the
+    patients it affects are in ``rejection_patients``, ``pseudonym`` is the first of them)."""
 
     __tablename__ = "rejections"
     __table_args__ = (UniqueConstraint("source_path", "sha256", "reason"),)
@@ -156,3 +163,35 @@ class Rejection(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class RejectionPatient(Base):
+    """One patient (pseudonym, or ``invalid-id-<hash>`` for an invalid source id) whose manifest
+    line or visit referenced a rejected file: a file shared by many patients names them all."""
+
+    __tablename__ = "rejection_patients"
+    __table_args__ = (UniqueConstraint("rejection_id", "patient", "visit"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rejection_id: Mapped[int] = mapped_column(ForeignKey("rejections.id", ondelete="CASCADE"))
+    patient: Mapped[str] = mapped_column(String(64))
+    visit: Mapped[str] = mapped_column(String(64), default="")
+    line: Mapped[int | None] = mapped_column(Integer)
+
+
+class Review(Base):
+    """A registered scan or label the quality gate held back (``needs_review``): kept out of
+    training and prediction until a person accepts it (``accepted``) or confirms the rejection
+    (``rejected``)."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int | None] = mapped_column(
+        ForeignKey("scans.id", ondelete="CASCADE"), unique=True
+    )
+    label_id: Mapped[int | None] = mapped_column(
+        ForeignKey("labels.id", ondelete="CASCADE"), unique=True
+    )
+    reason: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=NEEDS_REVIEW)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -9,7 +9,7 @@ from sqlalchemy.orm import selectinload
 
 from mtlgen.io.series import PatientSeries, VisitVolumes
 from mtlgen.registry.db import session_scope
-from mtlgen.registry.models import CURRENT, Label, Patient, Scan, Visit
+from mtlgen.registry.models import ACCEPTED, CURRENT, Label, Patient, Scan, Visit
 
 
 def load_series(url: str, sqlite_timeout_s: float = 120.0) -> list[PatientSeries]:
@@ -17,7 +17,8 @@ def load_series(url: str, sqlite_timeout_s: float = 120.0) -> list[PatientSeries
 
     ``url`` is the registry's SQLAlchemy URL (``params.registry.url``). Only pseudonymous ids
     appear. A visit is listed if at least one of its current scans has a processed file; its
-    label is the current label's processed file, if any.
+    label is the current label's processed file, if any. Files the quality gate holds back
+    (``needs_review``, or rejected on review) are left out.
     """
     with session_scope(url, sqlite_timeout_s) as s:
         patients = s.scalars(
@@ -25,7 +26,9 @@ def load_series(url: str, sqlite_timeout_s: float = 120.0) -> list[PatientSeries
             .order_by(Patient.pseudonym)
             .options(
                 selectinload(Patient.visits).selectinload(Visit.scans).selectinload(Scan.result),
+                selectinload(Patient.visits).selectinload(Visit.scans).selectinload(Scan.review),
                 selectinload(Patient.visits).selectinload(Visit.labels).selectinload(Label.result),
+                selectinload(Patient.visits).selectinload(Visit.labels).selectinload(Label.review),
             )
         ).all()
         series = []
@@ -35,12 +38,18 @@ def load_series(url: str, sqlite_timeout_s: float = 120.0) -> list[PatientSeries
                 images = {
                     scan.modality: Path(scan.result.processed_path)
                     for scan in visit.scans
-                    if scan.status == CURRENT and scan.result is not None
+                    if _usable(scan)
                 }
-                labels = [lb for lb in visit.labels if lb.status == CURRENT and lb.result]
+                labels = [lb for lb in visit.labels if _usable(lb)]
                 if images:
                     label = Path(labels[0].result.processed_path) if labels else None
                     visits.append(VisitVolumes(visit.key, float(visit.days), images, label))
             if visits:
                 series.append(PatientSeries(patient.pseudonym, tuple(visits)))
         return series
+
+
+def _usable(row: Scan | Label) -> bool:
+    """Current, processed, and not held back by the quality gate (or accepted on review)."""
+    held = row.review is not None and row.review.state != ACCEPTED
+    return row.status == CURRENT and row.result is not None and not held
