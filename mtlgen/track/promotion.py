@@ -238,6 +238,50 @@ def _kept_cases(cases: Sequence[Mapping[str, Any]], rule: Rule) -> list[dict[str
     return [{f: r.get(f) for f in fields} for r in cases if r.get("kind") in kinds]
 
 
+def _log_decision(
+    cfg: TrackingConfig,
+    decision: Decision,
+    values: Mapping[str, float],
+    rule: Rule,
+    kept: Sequence[Mapping[str, Any]],
+) -> str:
+    """The ``promote-<name>-v<N>`` run: both sides' numbers, each difference's interval, the
+    decision and the candidate's per-case scores; returns its id."""
+    name, version, rows = decision.model_name, decision.candidate_version, decision.comparisons
+    with tracked_run(cfg, f"promote-{name}-v{version}", {"mtlgen.stage": "promote"}) as run:
+        run.log_params(
+            {
+                "model": name,
+                "candidate_version": version,
+                "champion_version": str(decision.champion_version),
+                "split_sha256": decision.split_sha256,
+                "confidence": rule.confidence,
+            }
+        )
+        run.log_metrics({f"candidate.{m}": v for m, v in values.items()})
+        run.log_metrics(
+            {f"champion.{r.metric}": r.champion for r in rows if r.champion is not None}
+        )
+        run.log_metrics(
+            {
+                f"improvement.{r.metric}.{end}": getattr(r, end)
+                for r in rows
+                for end in ("low", "high")
+                if getattr(r, end) is not None
+            }
+        )
+        run.log_dict(decision.to_dict(), "promotion.json")
+        if kept:
+            run.log_dict({"cases": kept}, CASES_ARTIFACT)
+        run.set_tags(
+            {
+                "promotion.decision": "promoted" if decision.promoted else "rejected",
+                "promotion.reason": decision.reason,
+            }
+        )
+        return run.run_id
+
+
 def promote(
     cfg: TrackingConfig,
     metrics: Mapping[str, Any],
@@ -265,38 +309,7 @@ def promote(
         cfg, client, name, version, values, split_sha256, rule, kept
     )
     decision = Decision(name, version, before, promoted, reason, split_sha256, rows)
-    with tracked_run(cfg, f"promote-{name}-v{version}", {"mtlgen.stage": "promote"}) as run:
-        run.log_params(
-            {
-                "model": name,
-                "candidate_version": version,
-                "champion_version": str(before),
-                "split_sha256": split_sha256,
-                "confidence": rule.confidence,
-            }
-        )
-        run.log_metrics({f"candidate.{m}": v for m, v in values.items()})
-        run.log_metrics(
-            {f"champion.{r.metric}": r.champion for r in rows if r.champion is not None}
-        )
-        run.log_metrics(
-            {
-                f"improvement.{r.metric}.{end}": getattr(r, end)
-                for r in rows
-                for end in ("low", "high")
-                if getattr(r, end) is not None
-            }
-        )
-        run.log_dict(decision.to_dict(), "promotion.json")
-        if kept:
-            run.log_dict({"cases": kept}, CASES_ARTIFACT)
-        run.set_tags(
-            {
-                "promotion.decision": "promoted" if promoted else "rejected",
-                "promotion.reason": reason,
-            }
-        )
-        run_id = run.run_id
+    run_id = _log_decision(cfg, decision, values, rule, kept)
     if kept:
         client.set_model_version_tag(name, version, CASES_TAG, run_id)
     client.set_model_version_tag(
