@@ -65,6 +65,35 @@ class Oracle:
         raise AssertionError("oracle: target not found")
 
 
+class SampledOracle(Oracle):
+    """Samples that are the truth exactly, beside a mean image that is off by 0.1."""
+
+    name = "sampled_oracle"
+
+    def predict(self, context, target_days):
+        truth = super().predict(context, target_days)
+        samples = {c: np.stack([im, im]) for c, im in truth.images.items()}
+        images = {c: im + 0.1 for c, im in truth.images.items()}
+        return Prediction(images, truth.label, truth.core_volume_ml, truth.status, samples)
+
+
+def test_crps_scores_the_samples_and_mae_the_image(aligned_series):
+    test = tuple(s.patient for s in aligned_series[3:])
+    split = Split(0, (), (), test)
+    result = evaluate_predictors(
+        aligned_series,
+        split,
+        [SampledOracle(aligned_series)],
+        EvaluateConfig(),
+        PROGRESSION,
+        MAX_CONTEXT,
+        progress=False,
+    )
+    future = result.metrics["results"]["sampled_oracle"]["future"]
+    assert future["image_crps_near"]["mean"] == pytest.approx(0.0, abs=1e-7)
+    assert future["image_mae_near"]["mean"] == pytest.approx(0.1, rel=1e-4)
+
+
 class WrongShape:
     name = "wrong_shape"
 
@@ -157,6 +186,10 @@ def test_copy_last_numbers_match_an_independent_computation(evaluation):
         for metric in ("dice_lesion", "hd95_lesion_mm", "image_mae_brain", "image_mae_change"):
             assert other[metric] == future[metric]
         assert other["image_mae_near"] == future["image_mae_near"]
+    # a deterministic image's CRPS is its absolute error
+    for region in ("brain", "change", "near"):
+        crps, mae = future[f"image_crps_{region}"]["mean"], future[f"image_mae_{region}"]["mean"]
+        assert crps == pytest.approx(mae, rel=1e-5)
 
 
 def test_oracle_is_perfect_and_copy_last_is_not(evaluation):

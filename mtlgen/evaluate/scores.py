@@ -16,6 +16,7 @@ from mtlgen.evaluate.metrics import (
     ssim_map,
     volume_errors,
 )
+from mtlgen.generative.crps import ensemble_crps
 from mtlgen.inference.intervals import VolumeCalibration, horizon_days, interval_scores
 from mtlgen.inference.prediction import Prediction
 from mtlgen.progression import voxel_spacing_mm
@@ -40,6 +41,10 @@ METRICS: dict[str, str] = {
     "image_mae_near": "min",  # region from the inputs (the reference lesion's neighbourhood)
     "image_psnr_near": "max",
     "image_ssim_near": "max",
+    # the CRPS of a generative predictor's samples; a deterministic image scores its MAE
+    "image_crps_brain": "min",
+    "image_crps_change": "min",
+    "image_crps_near": "min",
     "volume_interval_coverage": "level",  # best near the interval level, not at an extreme
     "volume_interval_width_ml": "min",
     "volume_interval_score": "min",
@@ -87,6 +92,8 @@ def case_metrics(pred: Prediction, truth: CaseTruth) -> dict[str, float]:
             continue
         image, rng = pred.images[contrast], truth.data_range[contrast]
         local_ssim = ssim_map(image, true_image, rng, truth.ssim_window)
+        samples = (pred.samples or {}).get(contrast, image[None])
+        crps = ensemble_crps(samples, true_image)
         regions = [("brain", truth.brain)]
         if truth.change is not None:
             regions.append(("change", truth.change))
@@ -97,6 +104,7 @@ def case_metrics(pred: Prediction, truth: CaseTruth) -> dict[str, float]:
                 ("mae", region_mae(image, true_image, region)),
                 ("psnr", region_psnr(image, true_image, region, rng)),
                 ("ssim", region_nanmean(local_ssim, region)),
+                ("crps", region_nanmean(crps, region)),
             ):
                 per_contrast.setdefault(f"image_{metric}_{region_name}", []).append(value)
     for key, values in per_contrast.items():
