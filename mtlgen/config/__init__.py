@@ -24,6 +24,7 @@ from mtlgen.config.sections import (
     PreprocessConfig,
     ProgressionConfig,
     RegistryConfig,
+    ReportConfig,
     TrackingConfig,
     TrainConfig,
 )
@@ -50,6 +51,7 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
     predict: PredictConfig = PredictConfig()
     flows: FlowsConfig = FlowsConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
