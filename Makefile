@@ -27,7 +27,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## test-integration: the tests that start real servers (PostgreSQL, MLflow, Prefect, S3)
+## test-integration: the tests that start real servers (PostgreSQL, MLflow, Prefect, S3) or a
+## headless browser (chromium: .ci/run installs it)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m "integration and not slow"
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,6 @@ from typer.testing import CliRunner
 
 from mtlgen.cli import app
 from mtlgen.progression import progression_status
-from mtlgen.register.run import register_source
 from mtlgen.registry.db import session_scope
 from mtlgen.registry.models import Patient, PatientId, Result, Scan, Visit
 from mtlgen.report.build import SourceIdLeak, build_reports
@@ -25,16 +22,8 @@ MARGIN = 0.05  # a true status within this of a threshold (relative change) is n
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, small_cohort, register_params):
-    """The small synthetic cohort registered into a fresh registry: (params, truth), truth per
-    source id: rows of the generator's visits.tsv."""
-    params = register_params(tmp_path_factory.mktemp("report-registry"))
-    register_source(small_cohort, params, progress=False)
-    truth = defaultdict(list)
-    with (small_cohort / "derivatives/groundtruth/visits.tsv").open() as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            truth[row["participant_id"].removeprefix("sub-")].append(row)
-    return params, dict(truth)
+def registered(report_cohort):
+    return report_cohort
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from mtlgen.ids import check_token
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.report.figures import montage_png, trajectory_png
-from mtlgen.report.html import index_page, patient_page
+from mtlgen.report.html import index_page, model_text, patient_page
 from mtlgen.report.records import PatientRows, read_patients, source_ids
 from mtlgen.report.summary import due_days, summarise
 from mtlgen.track.provenance import dvc_hashes
@@ -103,9 +103,8 @@ def index_row(rows: PatientRows, summary: dict | None, params: Params) -> dict:
 def _provenance(
     rows: PatientRows, model: Mapping[str, str] | None, registry_hash: str, now: str
 ) -> dict[str, str]:
-    described = ", ".join(f"{k} {v}" for k, v in (model or {}).items()) or "no model"
     return {
-        "model": described,
+        "model": model_text(model),
         "data": f"registry rows sha256 {rows.fingerprint()[:16]}; "
         f"data/registry.sqlite (dvc.lock) {registry_hash}",
         "generated at": now,
@@ -174,7 +173,7 @@ def build_reports(
         if summary is None and (folder / SUMMARY).is_file():
             summary = json.loads((folder / SUMMARY).read_text())
         table.append(index_row(rows, summary, params))
-    described = ", ".join(f"{k} {v}" for k, v in (model or {}).items()) or "no model"
+    described = model_text(model)
     index = _checked(
         index_page(
             table,

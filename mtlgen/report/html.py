@@ -17,7 +17,7 @@ h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #ccc;padding:3px 8px}
 th{background:#f4f4f4;text-align:left}td.num{text-align:right}
 .status{padding:2px 8px;border-radius:4px;font-weight:600}
-.progressive{background:#f4c7c3}.stable{background:#e8e8e8}.responding{background:#c9e7cf}
+.progressive{background:#f0b3ad}.stable{background:#e0e0e0}.responding{background:#b5dcbd}
 .note{color:#666;font-size:.9em}.review{color:#a33}
 img{max-width:100%;border:1px solid #eee}
 """
@@ -118,6 +118,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], id_: str) -> st
     return f'<table id="{id_}"><tr>{head}</tr>{body}</table>'
 
 
+def model_text(model: Mapping[str, str] | None) -> str:
+    """A model's description, e.g. ``model_name mtlgen-mtl, version 3, alias champion``."""
+    return ", ".join(f"{k} {v}" for k, v in (model or {}).items()) or "no model"
+
+
 def growth_text(summary: PatientSummary) -> str:
     """One sentence on the growth fitted over the measured visits."""
     g = summary.growth
@@ -145,9 +150,10 @@ def _forecast(summary: PatientSummary) -> str:
     probs = "the model's calibration gives no interval: no status probabilities"
     if f.probabilities:
         probs = ", ".join(f"{s} {f.probabilities[s]:.0%}" for s in STATUSES)
-    model = escape(" v".join(str(v) for v in f.model.values()) or "model")
+    model = escape(model_text(f.model))
     return (
-        f'<p id="forecast">{model} at day {f.target_days:.0f} ({escape(due_date_text(summary))}): '
+        f'<p id="forecast">Model ({model}) at day {f.target_days:.0f} '
+        f"({escape(due_date_text(summary))}): "
         f"lesion core <b>{f.core_ml:.2f} mL</b>, {escape(interval)}, status "
         f'<span class="status {f.status}">{f.status}</span>.<br>Status probabilities (from the '
         f"calibrated interval, read as normal in log volume): {escape(probs)}.</p>"
