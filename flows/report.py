@@ -22,12 +22,12 @@ def report_task(params_file: str, overrides: list[str]) -> dict:
 
     logger = get_run_logger()
     params = load_params(params_file, overrides)
-    with report_model(params, None, CHAMPION) as (predictor, model, note):
-        result = build_reports(params, params.report.out_dir, None, predictor, model)
+    with report_model(params, None, CHAMPION) as model:
+        result = build_reports(params, params.report.out_dir, None, model)
     index = result.index.resolve()
     logger.info(
         "reports (%s): %d built, %d unchanged -> %s",
-        note,
+        model.note,
         len(result.built),
         len(result.unchanged),
         index,
@@ -37,7 +37,7 @@ def report_task(params_file: str, overrides: list[str]) -> dict:
         markdown=(
             "# Patient reports\n\n"
             f"[Cohort index]({index.as_uri()}) (`{index}`)\n\n"
-            f"- model: {note}\n- pages built: {len(result.built)}, unchanged: "
+            f"- model: {model.note}\n- pages built: {len(result.built)}, unchanged: "
             f"{len(result.unchanged)} ({result.seconds:.1f} s)\n"
         ),
         description="patient reports: the cohort index",

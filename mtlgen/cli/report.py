@@ -57,15 +57,15 @@ def patient_show(
         patient = pseudonymise(patient, load_key(cfg.registry.key_file))
     try:
         (rows,) = read_patients(cfg.registry, [patient])
-        with report_model(cfg, checkpoint, model, use_model) as (predictor, described, note):
-            summary, _ = summarise(rows, cfg, predictor, described)
+        with report_model(cfg, checkpoint, model, use_model) as chosen:
+            summary, _ = summarise(rows, cfg, chosen.predictor(), chosen.described)
     except KeyError as exc:
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
     except (FileNotFoundError, ValueError, TrackingUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    render(summary, note)
+    render(summary, chosen.note)
 
 
 @app.command()
@@ -103,9 +103,9 @@ def report(
     cfg = config_from(ctx)
     target = out or cfg.report.out_dir
     try:
-        with report_model(cfg, checkpoint, model, use_model) as (predictor, described, note):
-            typer.echo(f"model: {note}")
-            result = build_reports(cfg, target, patient or None, predictor, described, force)
+        with report_model(cfg, checkpoint, model, use_model) as chosen:
+            typer.echo(f"model: {chosen.note}")
+            result = build_reports(cfg, target, patient or None, chosen, force)
     except KeyError as exc:
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from mtlgen.config import Params
 from mtlgen.ids import check_token
-from mtlgen.inference.prediction import Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.report.figures import montage_png, trajectory_png
 from mtlgen.report.html import index_page, model_text, patient_page
+from mtlgen.report.model import NO_MODEL, ReportModel
 from mtlgen.report.records import PatientRows, read_patients, source_ids
 from mtlgen.report.summary import due_days, summarise
 from mtlgen.track.provenance import dvc_hashes
@@ -115,13 +115,12 @@ def build_page(
     rows: PatientRows,
     folder: Path,
     params: Params,
-    predictor: Predictor | None,
-    model: Mapping[str, str] | None,
+    model: ReportModel,
     provenance: Mapping[str, str],
     leak: re.Pattern | None,
 ) -> dict:
     """Write one patient's page, figures and summary into ``folder``; return the summary."""
-    summary, arrays = summarise(rows, params, predictor, model)
+    summary, arrays = summarise(rows, params, model.predictor(), model.described)
     trajectory_png(summary, folder / "trajectory.png")
     if arrays.visits:
         montage_png(summary, arrays, folder / "montage.png")
@@ -138,8 +137,7 @@ def build_reports(
     params: Params,
     out_dir: Path | str,
     patients: Sequence[str] | None = None,
-    predictor: Predictor | None = None,
-    model: Mapping[str, str] | None = None,
+    model: ReportModel = NO_MODEL,
     force: bool = False,
 ) -> ReportResult:
     """Build the pages of ``patients`` (pseudonyms; every patient when None) whose fingerprint
@@ -160,20 +158,20 @@ def build_reports(
         folder = out_dir / "patients" / check_token(rows.pseudonym, "patient pseudonym")
         summary = None
         if rows.pseudonym in wanted:
-            stamp = fingerprint(rows, params, model)
+            stamp = fingerprint(rows, params, model.described)
             done = folder / FINGERPRINT
             if not force and done.is_file() and done.read_text().strip() == stamp:
                 unchanged.append(rows.pseudonym)
             else:
-                provenance = _provenance(rows, model, registry_hash, now)
-                summary = build_page(rows, folder, params, predictor, model, provenance, leak)
+                provenance = _provenance(rows, model.described, registry_hash, now)
+                summary = build_page(rows, folder, params, model, provenance, leak)
                 write_text_atomic(done, stamp + "\n")
                 built.append(rows.pseudonym)
                 log.info("report of %s -> %s", rows.pseudonym, folder)
         if summary is None and (folder / SUMMARY).is_file():
             summary = json.loads((folder / SUMMARY).read_text())
         table.append(index_row(rows, summary, params))
-    described = model_text(model)
+    described = model_text(model.described)
     index = _checked(
         index_page(
             table,

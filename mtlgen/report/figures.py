@@ -92,7 +92,7 @@ def trajectory_png(summary: PatientSummary, out: Path) -> Path:
     ax.set_ylabel("lesion core (mL)")
     ax.legend(fontsize=7, loc="upper left", ncol=2, frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.14, top=0.97)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
@@ -131,16 +131,32 @@ def _panel(ax, image: np.ndarray | None, label: np.ndarray | None, z: int, text:
             side.set_linestyle((0, (3, 3)))
             side.set_color("#a33")
         return
-    sl = np.rot90(image[:, :, z])
-    lo, hi = np.percentile(sl, [1, 99.5])
-    ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-    if label is not None:
-        for value, colour in ((2, "yellow"), (1, "red")):
-            layer = np.rot90(label[:, :, z] == value).astype(float)
-            if layer.any():
-                ax.contour(layer, levels=[0.5], colors=colour, linewidths=0.7)
+    ax.imshow(_outlined(image, label, z), interpolation="nearest")
     for side in ax.spines.values():
         side.set_visible(False)
+
+
+_UPSAMPLE = 3  # outlines are drawn at 3x the grid so that they stay thin
+_OUTLINE = ((2, (1.0, 0.9, 0.0)), (1, (0.9, 0.05, 0.05)))  # edema yellow, core red
+
+
+def _outlined(image: np.ndarray, label: np.ndarray | None, z: int) -> np.ndarray:
+    """RGB of ``image``'s axial slice ``z`` (1st-99.5th percentile window), upsampled, with the
+    border of each lesion class of ``label`` painted in."""
+    from scipy.ndimage import binary_erosion
+
+    sl = np.rot90(image[:, :, z])
+    lo, hi = np.percentile(sl, [1, 99.5])
+    grey = np.clip((sl - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    big = np.kron(grey, np.ones((_UPSAMPLE, _UPSAMPLE)))
+    rgb = np.repeat(big[..., None], 3, axis=-1)
+    if label is not None:
+        lab = np.kron(np.rot90(label[:, :, z]), np.ones((_UPSAMPLE, _UPSAMPLE), np.uint8))
+        for value, colour in _OUTLINE:
+            mask = lab >= value if value == 2 else lab == value  # the whole lesion, then core
+            border = mask & ~binary_erosion(mask, iterations=1)
+            rgb[border] = colour
+    return rgb
 
 
 def montage_png(summary: PatientSummary, arrays: PatientArrays, out: Path) -> Path:
@@ -181,7 +197,7 @@ def montage_png(summary: PatientSummary, arrays: PatientArrays, out: Path) -> Pa
                 f"{contrast}\nnot predicted",
             )
     fig.suptitle(f"axial slice {z} of the baseline-aligned grid", fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.01, top=0.8, wspace=0.04, hspace=0.04)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
