@@ -234,3 +234,52 @@ def test_cli_patient_show_and_report(registered, pseudonyms, tmp_path):
     assert bad.exit_code == 2 and "--patient ID" in bad.output
     unknown = runner.invoke(app, ["-p", str(settings), "patient", "show", "pnope", "--no-model"])
     assert unknown.exit_code == 1
+
+
+def test_a_model_forecasts_segments_unlabelled_visits_and_rebuilds_every_page(
+    registered, pseudonyms, tmp_path
+):
+    """An untrained tiny network with a calibration: the numbers mean nothing, the plumbing is
+    what is checked (forecast, interval, status probabilities, model segmentation, provenance)."""
+    import torch
+
+    from mtlgen.inference.intervals import VolumeCalibration
+    from mtlgen.models.mtl_net import MultiTaskNet
+    from mtlgen.registry.models import Label
+    from mtlgen.report.model import report_model
+
+    params, _ = registered
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "ckpt"
+    MultiTaskNet(max_context=2, features=[4, 8, 16], time_dim=8, heads=2).save_pretrained(
+        checkpoint
+    )
+    VolumeCalibration(0.8, 180.0, {"all": 0.4}, {"all": 12}).save(checkpoint)
+    target = sorted(pseudonyms.values())[-1]
+    with session_scope(params.registry.url) as s:
+        label = s.scalar(
+            select(Label.id)
+            .join(Visit, Label.visit_id == Visit.id)
+            .join(Patient, Visit.patient_id == Patient.id)
+            .where(Patient.pseudonym == target, Visit.days > 0)
+            .limit(1)
+        )
+        s.execute(update(Label).where(Label.id == label).values(status="superseded"))
+    out = tmp_path / "html"
+    assert len(build_reports(params, out).built) == len(pseudonyms)
+    with report_model(params, checkpoint, None) as model:
+        result = build_reports(params, out, model=model)
+    assert len(result.built) == len(pseudonyms)  # a new model: every page is rebuilt
+    summary = _summary(out, target)
+    assert [v["source"] for v in summary["visits"]].count("model") == 1
+    forecast = summary["forecast"]
+    assert forecast["model"]["checkpoint"] == "ckpt" and forecast["level"] == 0.8
+    assert forecast["low_ml"] <= forecast["core_ml"] <= forecast["high_ml"]
+    assert sum(forecast["probabilities"].values()) == pytest.approx(1.0)
+    assert forecast["target_days"] == summary["due_days"]
+    page = (out / "patients" / target / "index.html").read_text()
+    assert "model segmentation" in page and "Status probabilities" in page
+    assert "The model gives no uncertainty map." in page and "weights sha256" in page
+    index = (out / "index.html").read_text()
+    rows = json.loads(re.search(r"const rows = (\[.*?\]);\n", index).group(1))
+    assert all(r["forecast"] in ("progressive", "stable", "responding") for r in rows)
