@@ -62,7 +62,7 @@ th.sort{cursor:pointer}th.sort:after{content:" \\2195";color:#aaa}
 <th class="sort" data-key="patient">patient</th><th class="sort" data-key="status">status</th>
 <th class="sort" data-key="forecast">forecast status</th>
 <th class="sort" data-key="rate">growth (mL/year)</th>
-<th class="sort" data-key="doubling">doubling time (days)</th>
+<th class="sort" data-key="doubling">doubling time (days; &minus;: halving)</th>
 <th class="sort" data-key="visits">visits</th><th class="sort" data-key="due">next due</th>
 <th class="sort" data-key="review">awaiting review</th>
 </tr></thead><tbody></tbody></table>

@@ -144,10 +144,10 @@ def summarise(
                     outlines[v["visit"]] = np.asarray(
                         nib.load(Path(tmp) / "visits" / f"{v['visit']}.nii.gz").dataobj, np.uint8
                     )
-            predicted = {
-                c: np.asarray(nib.load(Path(tmp) / f"{c}.nii.gz").dataobj, np.float32)
-                for c in context[-1].images
-                if (Path(tmp) / f"{c}.nii.gz").is_file()
+            predicted = {  # every contrast the context has, also one the last visit lacks
+                path.name.removesuffix(".nii.gz"): np.asarray(nib.load(path).dataobj, np.float32)
+                for path in Path(tmp).glob("*.nii.gz")
+                if path.name != "label.nii.gz"
             }
             predicted_label = np.asarray(nib.load(Path(tmp) / "label.nii.gz").dataobj, np.uint8)
             forecast = record
