@@ -18,7 +18,7 @@ import numpy as np
 from mtlgen.config import Params
 from mtlgen.inference.followup import measured_visits, predict_followup
 from mtlgen.inference.prediction import Predictor
-from mtlgen.io.series import VisitArrays, load_visit
+from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.orchestration.followup import next_visit_due
 from mtlgen.progression import Status, progression_status
 from mtlgen.report.growth import GrowthFit, fit_growth, status_probabilities
@@ -81,8 +81,8 @@ class PatientArrays:
 
     visits: list[VisitArrays]
     outlines: dict[str, np.ndarray]  # visit -> label map
-    predicted_images: dict[str, np.ndarray]
-    predicted_label: np.ndarray | None
+    predicted_images: dict[str, np.ndarray] = field(default_factory=dict)
+    predicted_label: np.ndarray | None = None
 
 
 def due_days(rows: PatientRows, default_interval_days: float) -> tuple[float, date | None]:
@@ -119,40 +119,8 @@ def _review(rows: PatientRows, threshold: float) -> list[str]:
     return items + [f"rejected, {r}" for r in rows.rejections]
 
 
-def summarise(
-    rows: PatientRows,
-    params: Params,
-    predictor: Predictor | None = None,
-    model: Mapping[str, str] | None = None,
-) -> tuple[PatientSummary, PatientArrays]:
-    """The report content of one patient; with a ``predictor`` (and its ``model`` description)
-    its forecast at the next due date and its segmentation of visits without a label."""
-    prog = params.progression
-    series = rows.series()
-    context = [load_visit(v) for v in series.visits]
-    target, due = due_days(rows, params.flows.follow_up_days)
-    forecast, predicted, predicted_label = None, {}, None
-    outlines = {v.visit: v.label for v in context if v.label is not None}
-    notes = []
-    with tempfile.TemporaryDirectory(prefix="mtlgen-report-") as tmp:
-        if predictor is not None and context:
-            predict_followup(predictor, series, target - context[-1].days, tmp, dict(model or {}))
-            record = json.loads((Path(tmp) / "prediction.json").read_text())
-            measured = record["visits"]
-            for v in measured:
-                if v["source"] == "model":
-                    outlines[v["visit"]] = np.asarray(
-                        nib.load(Path(tmp) / "visits" / f"{v['visit']}.nii.gz").dataobj, np.uint8
-                    )
-            predicted = {  # every contrast the context has, also one the last visit lacks
-                path.name.removesuffix(".nii.gz"): np.asarray(nib.load(path).dataobj, np.float32)
-                for path in Path(tmp).glob("*.nii.gz")
-                if path.name != "label.nii.gz"
-            }
-            predicted_label = np.asarray(nib.load(Path(tmp) / "label.nii.gz").dataobj, np.uint8)
-            forecast = record
-        else:
-            measured = measured_visits(None, context, Path(tmp))
+def _visit_summaries(rows: PatientRows, measured: list[dict]) -> tuple[VisitSummary, ...]:
+    """Each registered visit with its measured volumes (``measured_visits`` rows)."""
     by_key = {m["visit"]: m for m in measured}
     visits = []
     for v in rows.visits:
@@ -172,46 +140,96 @@ def summarise(
                 min(mis) if mis else None,
             )
         )
-    visits = tuple(visits)
-    done = [v for v in visits if v.core_ml is not None]
-    growth = fit_growth([v.days for v in done], [v.core_ml for v in done])
-    if predictor is None:
+    return tuple(visits)
+
+
+def _forecast(record: dict, reference_ml: float, increase: float, decrease: float) -> Forecast:
+    """A ``prediction.json`` record as a ``Forecast`` with its status probabilities."""
+    return Forecast(
+        dict(record["model"]),
+        record["target_days"],
+        record["core_volume_ml"],
+        record["core_volume_low_ml"],
+        record["core_volume_high_ml"],
+        record["interval_level"],
+        record["status"],
+        status_probabilities(
+            record["core_volume_ml"],
+            record["core_volume_high_ml"],
+            record["interval_level"],
+            reference_ml,
+            increase,
+            decrease,
+        ),
+    )
+
+
+def _predict(
+    predictor: Predictor,
+    series: PatientSeries,
+    days_ahead: float,
+    model: dict,
+    arrays: PatientArrays,
+) -> tuple[dict, list[dict]]:
+    """Forecast ``days_ahead`` after the last visit and segment the unlabelled visits; fill
+    ``arrays`` (outlines, predicted images and label); return the record and measured visits."""
+    with tempfile.TemporaryDirectory(prefix="mtlgen-report-") as tmp:
+        folder = Path(tmp)
+        predict_followup(predictor, series, days_ahead, folder, model)
+        record = json.loads((folder / "prediction.json").read_text())
+        for v in record["visits"]:
+            if v["source"] == "model":
+                seg = nib.load(folder / "visits" / f"{v['visit']}.nii.gz")
+                arrays.outlines[v["visit"]] = np.asarray(seg.dataobj, np.uint8)
+        arrays.predicted_images = {  # every contrast of the context, also one the last lacks
+            path.name.removesuffix(".nii.gz"): np.asarray(nib.load(path).dataobj, np.float32)
+            for path in folder.glob("*.nii.gz")
+            if path.name != "label.nii.gz"
+        }
+        arrays.predicted_label = np.asarray(nib.load(folder / "label.nii.gz").dataobj, np.uint8)
+    return record, record["visits"]
+
+
+def summarise(
+    rows: PatientRows,
+    params: Params,
+    predictor: Predictor | None = None,
+    model: Mapping[str, str] | None = None,
+) -> tuple[PatientSummary, PatientArrays]:
+    """The report content of one patient; with a ``predictor`` (and its ``model`` description)
+    its forecast at the next due date and its segmentation of visits without a label."""
+    prog = params.progression
+    series = rows.series()
+    context = [load_visit(v) for v in series.visits]
+    target, due = due_days(rows, params.flows.follow_up_days)
+    arrays = PatientArrays(context, {v.visit: v.label for v in context if v.label is not None})
+    record, notes = None, []
+    if predictor is not None and context:
+        days_ahead = target - context[-1].days
+        record, measured = _predict(predictor, series, days_ahead, dict(model or {}), arrays)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mtlgen-report-") as tmp:
+            measured = measured_visits(None, context, Path(tmp))
         notes.append("no model: no forecast and no segmentation of visits without a label")
-    if forecast is not None:
-        reference = done[-1].core_ml if done else 0.0
-        forecast = Forecast(
-            dict(forecast["model"]),
-            forecast["target_days"],
-            forecast["core_volume_ml"],
-            forecast["core_volume_low_ml"],
-            forecast["core_volume_high_ml"],
-            forecast["interval_level"],
-            forecast["status"],
-            status_probabilities(
-                forecast["core_volume_ml"],
-                forecast["core_volume_high_ml"],
-                forecast["interval_level"],
-                reference,
-                prog.increase,
-                prog.decrease,
-            ),
-        )
+    visits = _visit_summaries(rows, measured)
+    done = [v for v in visits if v.core_ml is not None]
+    reference = done[-1].core_ml if done else 0.0
     others = sorted({c for v in visits for c in v.contrasts} - {rows.reference})
     summary = PatientSummary(
         rows.pseudonym,
         (rows.reference, *others),
         visits,
-        growth,
+        fit_growth([v.days for v in done], [v.core_ml for v in done]),
         measured_status(visits, prog.increase, prog.decrease),
         prog.increase,
         prog.decrease,
         target,
         due,
-        forecast,
+        _forecast(record, reference, prog.increase, prog.decrease) if record else None,
         tuple(_review(rows, params.report.review_ncc)),
         tuple(notes),
     )
-    return summary, PatientArrays(context, outlines, predicted, predicted_label)
+    return summary, arrays
 
 
 def due_date_text(summary: PatientSummary) -> str:

@@ -18,9 +18,11 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def render(summary: PatientSummary, model_note: str, console: Console | None = None) -> None:
-    """Print the patient's visits, growth, status, forecast, alignment and review items."""
-    console = console or Console()
+_NUMERIC = ("day", "core mL", "lesion mL", "NCC", "MI")
+
+
+def visits_table(summary: PatientSummary) -> Table:
+    """Visits with dates, contrasts (missing ones marked), volumes, their source, alignment."""
     visits = Table(title="visits", title_justify="left")
     for column in (
         "visit",
@@ -33,10 +35,7 @@ def render(summary: PatientSummary, model_note: str, console: Console | None = N
         "NCC",
         "MI",
     ):
-        visits.add_column(
-            column,
-            justify="right" if column in ("day", "core mL", "lesion mL", "NCC", "MI") else "left",
-        )
+        visits.add_column(column, justify="right" if column in _NUMERIC else "left")
     for v in summary.visits:
         contrasts = " ".join(
             c if c in v.contrasts else f"[dim]({c} missing)[/]" for c in summary.contrasts
@@ -53,6 +52,13 @@ def render(summary: PatientSummary, model_note: str, console: Console | None = N
             _num(v.ncc, ".3f"),
             _num(v.mi, ".3f"),
         )
+    return visits
+
+
+def render(summary: PatientSummary, model_note: str, console: Console | None = None) -> None:
+    """Print the patient's visits, growth, status, forecast, alignment and review items."""
+    console = console or Console()
+    visits = visits_table(summary)
     lines = []
     g = summary.growth
     if g is None:
