@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 ## demo: set up and run the whole pipeline end to end on the embedded demo data:
 ## synthesise the cohort, then one Prefect run of longitudinal_pipeline (register -> train ->
-## evaluate -> promote -> predict -> report). The demo visits lie in 2018-2025: --as-of picks a date at
-## which some patients' follow-ups are due.
+## evaluate -> promote -> predict -> report). The demo visits lie in 2018-2025: --as-of picks a
+## date at which some patients' follow-ups are due.
 DEMO_AS_OF ?= 2022-03-01
 demo: $(STAMP)
 	$(BIN)/mtlgen synth
