@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 ## demo: set up and run the whole pipeline end to end on the embedded demo data:
 ## synthesise the cohort, then one Prefect run of longitudinal_pipeline (register -> train ->
-## evaluate -> promote -> predict). The demo visits lie in 2018-2025: --as-of picks a date at
-## which some patients' follow-ups are due.
+## evaluate -> promote -> predict -> report). The demo visits lie in 2018-2025: --as-of picks a
+## date at which some patients' follow-ups are due.
 DEMO_AS_OF ?= 2022-03-01
 demo: $(STAMP)
 	$(BIN)/mtlgen synth
@@ -27,7 +27,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## test-integration: the tests that start real servers (PostgreSQL, MLflow, Prefect, S3)
+## test-integration: the tests that start real servers (PostgreSQL, MLflow, Prefect, S3) or a
+## headless browser (chromium: .ci/run installs it)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m "integration and not slow"
 

@@ -1,5 +1,5 @@
 """``longitudinal_pipeline``: register new scans -> retrain if enough new visits arrived since
-the champion was trained -> evaluate -> promote -> predict due follow-ups.
+the champion was trained -> evaluate -> promote -> predict due follow-ups -> patient reports.
 
 A run with nothing new registers nothing, trains nothing and only predicts. If some patients
 failed registration the pipeline still goes on with the others and ends Failed, naming them.
@@ -8,6 +8,7 @@ failed registration the pipeline still goes on with the others and ends Failed, 
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -15,6 +16,7 @@ from prefect.states import Failed
 
 from flows.predict import predict_follow_ups
 from flows.register import register_scan_series
+from flows.report import report_task
 from flows.runtime import load_params
 from flows.train import train_evaluate_promote
 from mtlgen.orchestration.register_report import PatientOutcome, summary_line
@@ -51,7 +53,8 @@ def longitudinal_pipeline(
     overrides: list[str] | None = None,
 ) -> dict:
     """Register ``source`` (default ``flows.source``), retrain when due, predict follow-ups due
-    around ``as_of`` (default today). Settings: ``params_file`` + ``overrides``."""
+    around ``as_of`` (default today), then rebuild the patient reports that changed. Settings:
+    ``params_file`` + ``overrides``."""
     logger = get_run_logger()
     overrides = list(overrides or [])
     registration = register_scan_series(source, params_file, overrides, return_state=True)
@@ -66,6 +69,7 @@ def longitudinal_pipeline(
         predictions = predict_follow_ups(as_of=as_of, params_file=params_file, overrides=overrides)
     else:
         logger.info("no champion model yet: nothing to predict with")
+    reports = report_task(params_file, overrides)
     summary = {
         "registration": summary_line(outcomes),
         "retrain": decision.retrain,
@@ -73,6 +77,7 @@ def longitudinal_pipeline(
         "new_visits": decision.new_visits,
         "trained": trained,
         "predicted": len(predictions),
+        "reports": reports,
     }
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=_markdown(summary), description="pipeline")
     failed = [
@@ -100,6 +105,11 @@ def _markdown(summary: dict) -> str:
             f"({trained['reason']}); metrics: `{trained['metrics']}`"
         )
     lines.append(f"- **follow-up predictions**: {summary['predicted']}")
+    reports = summary["reports"]
+    lines.append(
+        f"- **patient reports**: [cohort index]({Path(reports['index']).as_uri()}) "
+        f"({reports['built']} pages built, {reports['unchanged']} unchanged)"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.pipeline",
         description="Register new scans, retrain if enough new visits arrived since the champion "
-        "was trained, evaluate, promote, and predict the follow-ups that are due.",
+        "was trained, evaluate, promote, predict the follow-ups that are due, and rebuild the "
+        "patient reports that changed.",
     )
     parser.add_argument("--source", help="BIDS folder, CSV manifest or DICOM folder [flows.source]")
     parser.add_argument("--as-of", type=date.fromisoformat, help="date for due follow-ups [today]")

@@ -211,3 +211,18 @@ def tiny_series(tmp_path_factory, aligned_series) -> list[PatientSeries]:
             visits.append(VisitVolumes(v.visit, v.days, images, label_path))
         out.append(PatientSeries(series.patient, tuple(visits)))
     return out
+
+
+@pytest.fixture(scope="session")
+def report_cohort(tmp_path_factory, small_cohort, register_params):
+    """``small_cohort`` registered into a fresh registry: (params, truth), truth per source id:
+    its rows of the generator's visits.tsv (days, true and law volumes, course)."""
+    from mtlgen.register.run import register_source
+
+    params = register_params(tmp_path_factory.mktemp("report-registry"))
+    register_source(small_cohort, params, progress=False)
+    truth: dict[str, list[dict]] = {}
+    with (small_cohort / "derivatives/groundtruth/visits.tsv").open() as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            truth.setdefault(row["participant_id"].removeprefix("sub-"), []).append(row)
+    return params, truth

@@ -130,14 +130,24 @@ FULL = {
     "model": {"features": [4, 8, 16]},
     "train": {"epochs": 2, "affinity_batches": 1, "progress": False},
 }
-STAGES = {"synth", "register", "split", "train", "train_peer", "evaluate", "promote", "predict"}
+STAGES = {
+    "synth",
+    "register",
+    "split",
+    "train",
+    "train_peer",
+    "evaluate",
+    "promote",
+    "predict",
+    "report",
+}
 
 
 @pytest.mark.slow
 def test_full_pipeline_tracks_registers_promotes_and_reruns_only_training(
     tmp_path, monkeypatch
 ) -> None:
-    """synth -> register -> split -> train -> evaluate -> promote -> predict, then an
+    """synth -> register -> split -> train -> evaluate -> promote -> predict -> report, then an
     experiment with another train.epochs re-runs training and what follows, nothing before."""
     import mlflow
     import numpy as np
@@ -203,11 +213,15 @@ def test_full_pipeline_tracks_registers_promotes_and_reruns_only_training(
     for row in table:
         low, high = float(row["core_volume_low_ml"]), float(row["core_volume_high_ml"])
         assert low <= float(row["core_volume_ml"]) <= high and row["interval_level"] == "0.8"
+    # the report stage: a page per patient with the champion's forecast, and the index
+    pages = sorted((repo / "data/reports/html/patients").glob("*/index.html"))
+    assert len(pages) == len(table) and all("mtlgen-mtl" in p.read_text() for p in pages)
+    assert f"{len(table)} patients: " in (repo / "data/reports/html/index.html").read_text()
 
     # an experiment with another epoch count re-runs both trainings and what follows, nothing
     # before
     out = sh(repo, "dvc", "exp", "run", "-S", "train.epochs=3")
-    assert ran(out) == {"train", "train_peer", "evaluate", "promote", "predict"}
+    assert ran(out) == {"train", "train_peer", "evaluate", "promote", "predict", "report"}
     # (the image moves with every learned weight; a tiny model's sized mask may not)
     assert "results.mtl.future.image_mae_brain.mean" in sh(repo, "dvc", "metrics", "diff")
     decision = json.loads((repo / "data/evaluation/promotion.json").read_text())

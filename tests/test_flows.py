@@ -193,6 +193,7 @@ def pipeline_params(root: Path, source: Path) -> Path:
             "artifact_root": str(root / "mlruns"),
         },
         "evaluate": {"out_dir": str(root / "evaluation"), "device": "cpu"},
+        "report": {"out_dir": str(root / "reports")},
     }
     path.write_text(yaml.safe_dump(tree))
     load_config(path)
@@ -208,6 +209,32 @@ def markdown_artifact(key: str) -> str:
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
         )
     return artifact.data
+
+
+def test_report_step_builds_pages_and_links_the_index(prefect_api, tmp_path, cohort):
+    from prefect import flow
+
+    from flows.register import register_scan_series
+    from flows.report import report_task
+
+    params = write_params(tmp_path, cohort)
+    register_scan_series(params_file=str(params))
+    overrides = [
+        f"report.out_dir={tmp_path / 'html'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",  # no model registered: no champion
+    ]
+
+    @flow
+    def reports() -> dict:
+        return report_task(str(params), overrides)
+
+    first, second = reports(), reports()
+    index = (tmp_path / "html" / "index.html").resolve()
+    assert first == {"index": str(index), "built": 3, "unchanged": 0}
+    assert second["built"] == 0 and second["unchanged"] == 3
+    artifact = markdown_artifact("patient-reports")
+    assert f"[Cohort index]({index.as_uri()})" in artifact and "no model" in artifact
+    assert "sub-00" not in index.read_text()
 
 
 @pytest.mark.slow  # about 110 s on 2 shared cores: one real (tiny) training, evaluation, promotion
@@ -230,6 +257,10 @@ def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, cohort):
     predictions = sorted((tmp_path / "predictions").glob("*/*-*-*/prediction.json"))
     assert len(predictions) == 3
     assert "data:image/png;base64," in markdown_artifact("follow-up-predictions")
+    assert first["reports"]["built"] == 3  # the last step: pages with the new champion
+    assert "patient reports**: [cohort index](file://" in markdown_artifact("pipeline-summary")
+    report_index = Path(first["reports"]["index"]).read_text()
+    assert "3 patients: " in report_index and "sub-00" not in report_index
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs_before = len(client.search_runs(client.search_experiments()[0].experiment_id.split()))

@@ -2,14 +2,15 @@
 
 Global options come first: ``mtlgen -p params.yaml -S synth.patients=8 synth``. Commands on
 data (``mtlgen.cli.data``): synth, show, register, registry, split; on models
-(``mtlgen.cli.models``): train, evaluate, promote, predict.
+(``mtlgen.cli.models``): train, evaluate, promote, predict; on patients over time
+(``mtlgen.cli.report``): patient show, report.
 """
 
 from __future__ import annotations
 
 import typer
 
-from mtlgen.cli import data, models
+from mtlgen.cli import data, models, report
 from mtlgen.cli.settings import settings_options
 
 app = typer.Typer(
@@ -22,3 +23,4 @@ app = typer.Typer(
 app.callback()(settings_options)
 app.add_typer(data.app)
 app.add_typer(models.app)
+app.add_typer(report.app)

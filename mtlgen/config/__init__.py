@@ -25,6 +25,7 @@ from mtlgen.config.sections import (
     PreprocessConfig,
     ProgressionConfig,
     RegistryConfig,
+    ReportConfig,
     TrackingConfig,
     TrainConfig,
 )
@@ -52,7 +53,7 @@ class Params(Section):
     predict: PredictConfig = PredictConfig()
     flows: FlowsConfig = FlowsConfig()
     generative: GenerativeConfig = GenerativeConfig()
-    generative: GenerativeConfig = GenerativeConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -276,3 +276,10 @@ class PredictConfig(Section):
     model: str = Field("champion", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     days_ahead: float = Field(180.0, gt=0, le=3650)
     out_dir: Path = Path("data/predictions/pipeline")
+
+
+class ReportConfig(Section):
+    """`mtlgen report` and `mtlgen patient show`: per-patient HTML pages and the cohort index."""
+
+    out_dir: Path = Path("data/reports/html")
+    page_size: int = Field(50, ge=5, le=1000)
