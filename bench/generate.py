@@ -1,10 +1,11 @@
 """Train the diffusion generator on a trained multi-task model's residuals and score its samples
 on the test patients' future cases, beside copy-last and the deterministic forecast, in one run.
 
-Per case the evaluation's regions (``mtlgen.evaluate.cases.case_truth``: brain, ``near`` = the
-reference lesion grown by ``evaluate.near_mm``, chosen from the inputs, and the changing region)
-score: the MAE of copy-last, of the deterministic forecast and of the sample mean, the CRPS of
-the samples (fair ensemble estimator), and the coverage of the voxel-wise 80 % sample interval.
+Per case the evaluation's own scores (``mtlgen.evaluate.scores.case_metrics`` over
+``case_truth``'s regions: brain, ``near`` = the reference lesion grown by ``evaluate.near_mm``,
+chosen from the inputs, and the changing region): the MAE of copy-last, of the deterministic
+forecast and of the sample mean, the CRPS of the samples (fair ensemble estimator), and the
+coverage of the voxel-wise 80 % sample interval.
 The issue's bars: CRPS near <= 0.8x copy-last's MAE there, changing region <= 0.85x; the sample
 mean's MAE at most the deterministic forecast's (near and brain). Prints seconds and peak memory
 per prediction for the generator and the deterministic head, and the training time.
@@ -28,6 +29,16 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(kept)) if kept else float("nan")
 
 
+def _coverage(samples: dict, truth: dict, region: np.ndarray) -> float:
+    """The fraction of ``region``'s true voxels inside the samples' voxel-wise 80 % interval,
+    averaged over the contrasts both have (as the evaluation averages its image metrics)."""
+    values = []
+    for c in samples.keys() & truth.keys():
+        low, high = np.percentile(samples[c], [10, 90], axis=0)
+        values.append(((truth[c] >= low) & (truth[c] <= high))[region].mean())
+    return float(np.mean(values)) if values else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-p", "--params", type=Path, default=Path("params.yaml"))
@@ -46,7 +57,7 @@ def main() -> None:
     from mtlgen.config import load_config
     from mtlgen.data.splits import load_split
     from mtlgen.evaluate.cases import case_truth, select_series
-    from mtlgen.generative.crps import ensemble_crps
+    from mtlgen.evaluate.scores import case_metrics
     from mtlgen.inference.baselines import CopyLast
     from mtlgen.inference.generative import GenerativePredictor, load_generator
     from mtlgen.inference.model import load_predictor
@@ -95,25 +106,23 @@ def main() -> None:
             pred = gen.predict(context, target.days)
             gen_seconds.append(time.perf_counter() - start)
             last = copy.predict(context, target.days)
-            for c in pred.samples:
-                if c not in target.images:
+            scored = {
+                "copy": case_metrics(last, truth),
+                "det": case_metrics(det, truth),
+                "gen": case_metrics(pred, truth),
+            }
+            for name in regions:
+                region = getattr(truth, name)
+                if region is None or not region.any():
                     continue
-                y = target.images[c]
-                crps = ensemble_crps(pred.samples[c], y)
-                low, high = np.percentile(pred.samples[c], [10, 90], axis=0)
-                inside = (y >= low) & (y <= high)
-                for name in regions:
-                    region = getattr(truth, name)
-                    if region is None or not region.any():
-                        continue
-                    for key, value in (
-                        ("copy_mae", np.abs(last.images[c] - y)[region].mean()),
-                        ("det_mae", np.abs(det.images[c] - y)[region].mean()),
-                        ("mean_mae", np.abs(pred.images[c] - y)[region].mean()),
-                        ("crps", crps[region].mean()),
-                        ("coverage80", inside[region].mean()),
-                    ):
-                        scores.setdefault(f"{name}.{key}", []).append(float(value))
+                for key, value in (
+                    ("copy_mae", scored["copy"][f"image_mae_{name}"]),
+                    ("det_mae", scored["det"][f"image_mae_{name}"]),
+                    ("mean_mae", scored["gen"][f"image_mae_{name}"]),
+                    ("crps", scored["gen"][f"image_crps_{name}"]),
+                    ("coverage80", _coverage(pred.samples, target.images, region)),
+                ):
+                    scores.setdefault(f"{name}.{key}", []).append(float(value))
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     print(f"checkpoint {checkpoint}; generator {out} (spread {settings.spread})")

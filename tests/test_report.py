@@ -117,6 +117,20 @@ def test_every_referenced_image_exists_and_no_page_shows_a_source_id(built, pseu
         assert "No model: no forecast." in text and "generated at" in text
 
 
+def _file_id(session, model, pseudonym: str, condition, latest: bool = False) -> int:
+    """The id of one scan (or label) of ``pseudonym`` meeting ``condition``: the first found,
+    or that of the latest visit."""
+    query = (
+        select(model.id)
+        .join(Visit, model.visit_id == Visit.id)
+        .join(Patient, Visit.patient_id == Patient.id)
+        .where(Patient.pseudonym == pseudonym, condition)
+    )
+    if latest:
+        query = query.order_by(Visit.days.desc())
+    return session.scalar(query.limit(1))
+
+
 def test_unchanged_patients_are_not_rebuilt_and_a_changed_one_is(registered, built, pseudonyms):
     params, _ = registered
     out, _ = built
@@ -124,24 +138,11 @@ def test_unchanged_patients_are_not_rebuilt_and_a_changed_one_is(registered, bui
     assert again.built == () and sorted(again.unchanged) == sorted(pseudonyms.values())
     target = sorted(pseudonyms.values())[0]
     with session_scope(params.registry.url) as s:
-        scan_id = s.scalar(
-            select(Scan.id)
-            .join(Visit, Scan.visit_id == Visit.id)
-            .join(Patient, Visit.patient_id == Patient.id)
-            .where(Patient.pseudonym == target, Visit.days > 0)
-            .limit(1)
-        )
+        scan_id = _file_id(s, Scan, target, Visit.days > 0)
         reason = "implausible similarity to the baseline after alignment: NCC 0.012 < 0.5"
         s.add(Review(scan_id=scan_id, reason=reason))  # held back by the quality gate
         # the last visit's FLAIR is withdrawn: that visit now lacks a contrast
-        flair = s.scalar(
-            select(Scan.id)
-            .join(Visit, Scan.visit_id == Visit.id)
-            .join(Patient, Visit.patient_id == Patient.id)
-            .where(Patient.pseudonym == target, Scan.modality == "FLAIR")
-            .order_by(Visit.days.desc())
-            .limit(1)
-        )
+        flair = _file_id(s, Scan, target, Scan.modality == "FLAIR", latest=True)
         s.execute(update(Scan).where(Scan.id == flair).values(status="superseded"))
     changed = build_reports(params, out)
     assert changed.built == (target,)
@@ -258,13 +259,7 @@ def test_a_model_forecasts_segments_unlabelled_visits_and_rebuilds_every_page(
     VolumeCalibration(0.8, 180.0, {"all": 0.4}, {"all": 12}).save(checkpoint)
     target = sorted(pseudonyms.values())[-1]
     with session_scope(params.registry.url) as s:
-        label = s.scalar(
-            select(Label.id)
-            .join(Visit, Label.visit_id == Visit.id)
-            .join(Patient, Visit.patient_id == Patient.id)
-            .where(Patient.pseudonym == target, Visit.days > 0)
-            .limit(1)
-        )
+        label = _file_id(s, Label, target, Visit.days > 0)
         s.execute(update(Label).where(Label.id == label).values(status="superseded"))
     out = tmp_path / "html"
     assert len(build_reports(params, out).built) == len(pseudonyms)

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from mtlgen.evaluate.aggregate import summary
 from mtlgen.evaluate.metrics import status_scores
 
 STATUS_METRICS = ("status_accuracy", "status_macro_f1")
@@ -37,9 +38,8 @@ def metric_over(rows: Sequence[Mapping[str, object]], metric: str) -> float:
             [r["status_true"] for r in scored], [r["status_pred"] for r in scored]
         )
         return acc if metric == "status_accuracy" else f1
-    values = [float(r[metric]) for r in rows if r.get(metric) is not None]
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
+    mean = summary([math.nan if r.get(metric) is None else float(r[metric]) for r in rows])["mean"]
+    return math.nan if mean is None else mean
 
 
 def paired_bootstrap(

@@ -118,9 +118,16 @@ def primary_values(
     return values
 
 
+def kind_and_field(metric: str) -> tuple[str, str]:
+    """``future.dice_lesion`` -> (``future``, ``dice_lesion``): the case kind a primary metric
+    is scored on and its per-case field (a name without a kind is both)."""
+    kind, _, name = metric.partition(".")
+    return kind, name or kind
+
+
 def case_scores(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Mapping[str, Any]]:
-    """The rows of ``metric``'s case kind (``<kind>.<name>``), by case id."""
-    kind = metric.split(".", 1)[0]
+    """The rows of ``metric``'s case kind, by case id."""
+    kind = kind_and_field(metric)[0]
     return {str(r["case"]): r for r in rows if r.get("kind") == kind}
 
 
@@ -145,7 +152,7 @@ def compare(
             diff = paired_bootstrap(
                 mine,
                 theirs,
-                name.split(".", 1)[-1],
+                kind_and_field(name)[1],
                 direction,
                 rule.confidence,
                 rule.resamples,
@@ -232,9 +239,9 @@ def _decide(
 
 def _kept_cases(cases: Sequence[Mapping[str, Any]], rule: Rule) -> list[dict[str, Any]]:
     """The per-case fields the rule reads: case id, kind, status and the primary metrics."""
-    kinds = {m.split(".", 1)[0] for m in rule.primary}
+    kinds = {kind_and_field(m)[0] for m in rule.primary}
     fields = ["case", "kind", "status_true", "status_pred"]
-    fields += sorted({m.split(".", 1)[-1] for m in rule.primary} - set(fields))
+    fields += sorted({kind_and_field(m)[1] for m in rule.primary} - set(fields))
     return [{f: r.get(f) for f in fields} for r in cases if r.get("kind") in kinds]
 
 

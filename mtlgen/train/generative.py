@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +226,7 @@ def train_generator(
     chosen = torch.linspace(0, len(val) - 1, min(cfg.spread_cases, len(val))).round().long()
     spread_cases = ResidualCases(val.cond[chosen], val.residual[chosen], val.valid[chosen])
     spread, scores = fit_spread(pipeline, spread_cases, cfg.n_samples, cfg.spread_grid, seed)
-    settings = GeneratorSettings(**{**settings.__dict__, "spread": spread})
+    settings = replace(settings, spread=spread)
     out_dir = Path(out_dir)
     denoiser.save_pretrained(out_dir)
     settings.save(out_dir)
