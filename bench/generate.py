@@ -63,7 +63,8 @@ def main() -> None:
     from mtlgen.inference.model import load_predictor
     from mtlgen.io.series import load_visit
     from mtlgen.registry.series import load_series
-    from mtlgen.train.generative import forecast_specs, train_generator
+    from mtlgen.train.generative import train_generator
+    from mtlgen.train.residuals import forecast_specs
 
     params = load_config(args.params, args.set)
     series = load_series(params.registry.url, params.registry.sqlite_timeout_s)
@@ -85,7 +86,7 @@ def main() -> None:
             progress=True,
         )
         train_seconds = time.perf_counter() - start
-    denoiser, settings = load_generator(out)
+    denoiser, settings = load_generator(out / "best")
     gen = GenerativePredictor(base, denoiser, settings, params.generative.n_samples, params.seed)
 
     regions = ("brain", "near", "change")

@@ -132,8 +132,10 @@ def test_metrics_json_has_stable_keys(evaluation):
     _, out, chosen, cfg = evaluation
     on_disk = json.loads((out / "metrics.json").read_text())
     assert set(on_disk) == {
-        "meta", "results", "seed_groups", "by_status", "by_context", "calibration"
+        "meta", "results", "seed_groups", "by_status", "by_context", "calibration", "reliability"
     }  # fmt: skip
+    # deterministic predictors say 0 or 1: the oracle's Brier score is 0
+    assert on_disk["reliability"]["oracle"]["brier"] == 0.0
     assert on_disk["seed_groups"] == {}  # no predictor named <group>_seed<N>
     assert set(on_disk["results"]) == {"copy_last", "linear", "exponential", "oracle"}
     for block in on_disk["results"].values():  # none of these segments: no "current" cases

@@ -4,6 +4,7 @@ outside the cube, and training on a registered-shape cohort (deterministic, relo
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -26,12 +27,13 @@ from mtlgen.inference.generative import (
     residual_target,
 )
 from mtlgen.io.series import load_visit
-from mtlgen.train.generative import forecast_specs, train_generator
+from mtlgen.train.generative import train_generator
+from mtlgen.train.residuals import forecast_specs, generator_specs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny_denoiser(seed: int = 0, out_channels: int = 2, cond_channels: int = 9):
+def tiny_denoiser(seed: int = 0, out_channels: int = 2, cond_channels: int = 14):
     torch.manual_seed(seed)
     return ResidualDenoiser(out_channels, cond_channels, channels=(8, 8), norm_num_groups=8)
 
@@ -58,7 +60,7 @@ def test_ensemble_crps_is_fair_and_a_single_draw_scores_its_error():
 
 def test_denoising_loss_ignores_invalid_channels():
     denoiser, scheduler = tiny_denoiser(), training_scheduler(100)
-    residual, cond = torch.zeros(2, 2, 8, 8, 8), torch.zeros(2, 9, 8, 8, 8)
+    residual, cond = torch.zeros(2, 2, 8, 8, 8), torch.zeros(2, 14, 8, 8, 8)
     valid = torch.tensor([[True, False], [True, False]])
     garbage = residual.clone()
     garbage[:, 1] = 50.0
@@ -75,7 +77,7 @@ def test_samplers_and_seeds():
     with pytest.raises(ValueError, match="expected 'ddim' or 'dpm'"):
         sampling_scheduler(training, "euler")
     pipe = ResidualDiffusionPipeline(tiny_denoiser(), training, "ddim", steps=3)
-    cond = torch.zeros(9, 8, 8, 8)
+    cond = torch.zeros(14, 8, 8, 8)
     a, b = pipe(cond, 5, seed=1, batch_size=2), pipe(cond, 5, seed=1, batch_size=2)
     assert a.shape == (5, 2, 8, 8, 8) and torch.equal(a, b)
     assert not torch.equal(a, pipe(cond, 5, seed=2, batch_size=2))
@@ -115,15 +117,24 @@ def test_conditioning_and_residual_channels(tiny_series):
     forecast = CopyLast().predict(context, target.days)
     forecast = replace(forecast, images={"T1w": forecast.images["T1w"]})  # FLAIR missing
     box, cond = conditioning(context, forecast, target.days, ("T1w", "FLAIR"), 8)
-    assert cond.shape == (9, 8, 8, 8)
+    assert cond.shape == (14, 8, 8, 8)
     assert np.array_equal(cond[0], forecast.images["T1w"][box]) and not cond[1].any()
     assert not cond[3].any()  # the reference's FLAIR is left out with the forecast's
-    assert np.all(cond[8] == pytest.approx((target.days - context[-1].days) / 365.25))
-    assert np.array_equal(cond[4] + 2 * cond[5], forecast.label[box])
+    assert not cond[4:6].any() and not cond[10:12].any()  # a forecast: no next visit
+    assert np.all(cond[12] == pytest.approx((target.days - context[-1].days) / 365.25))
+    assert not cond[13].any()
+    assert np.array_equal(cond[6] + 2 * cond[7], forecast.label[box])
     residual, valid = residual_target(target, forecast, ("T1w", "FLAIR"), box, 0.1)
     assert valid.tolist() == [True, False] and not residual[1].any()
     expected = (target.images["T1w"][box] - forecast.images["T1w"][box]) / 0.1
     assert np.allclose(residual[0], expected)
+    # a reconstruction of visit 1 between visits 0 and 2: the next visit fills its channels
+    around = [visits[0], visits[2]]
+    gap_fill = CopyLast().predict(around, visits[1].days)
+    box, cond = conditioning(around, gap_fill, visits[1].days, ("T1w", "FLAIR"), 8)
+    assert np.array_equal(cond[4], visits[2].images["T1w"][box])
+    assert np.array_equal(cond[10] + 2 * cond[11], visits[2].label[box])
+    assert np.all(cond[13] == pytest.approx((visits[2].days - visits[1].days) / 365.25))
 
 
 def test_generative_predictor_keeps_the_forecast_outside_the_cube(tiny_series):
@@ -146,39 +157,146 @@ def test_generative_predictor_keeps_the_forecast_outside_the_cube(tiny_series):
     assert current.samples is None
 
 
-def test_train_generator_is_deterministic_and_reloads(tiny_series, tmp_path):
+GENERATIVE = {
+    "crop": 8,
+    "channels": [8, 8],
+    "train_timesteps": 50,
+    "steps": 2,
+    "n_samples": 2,
+    "epochs": 2,
+    "steps_per_epoch": 2,
+    "batch_size": 2,
+    "spread_grid": [0.5, 1.0],
+    "spread_cases": 3,
+}
+
+
+def test_train_generator_is_deterministic_resumable_and_reloads(tiny_series, tmp_path):
     specs = forecast_specs(tiny_series[0], 3, every_context=True)
     assert specs[:3] == [((0,), 1), ((1,), 2), ((0, 1), 2)]
-    params = Params.model_validate(
-        {
-            "seed": 3,
-            "generative": {
-                "crop": 8,
-                "channels": [8, 8],
-                "train_timesteps": 50,
-                "steps": 2,
-                "n_samples": 2,
-                "epochs": 2,
-                "steps_per_epoch": 2,
-                "batch_size": 2,
-                "spread_grid": [0.5, 1.0],
-                "spread_cases": 3,
-            },
-        }
-    )
+    gap_fillers = generator_specs(tiny_series[0], 3, True, True)[len(specs) :]
+    assert gap_fillers and all(max(context) > target for context, target in gap_fillers)
+    params = Params.model_validate({"seed": 3, "generative": GENERATIVE})
+    args = (CopyLast(), ("T1w", "FLAIR"), tiny_series[:2], tiny_series[2:3])
     runs = []
     for name in ("a", "b"):
-        settings = train_generator(
-            params, CopyLast(), ("T1w", "FLAIR"), tiny_series[:2], tiny_series[2:3], tmp_path / name
-        )
-        runs.append(load_generator(tmp_path / name))
-        assert settings.spread in (0.5, 1.0) and runs[-1][1] == settings
-    (first, _), (second, _) = runs
-    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
-        assert torch.equal(a, b), key
-    assert {p.name for p in (tmp_path / "a").iterdir()} >= {
+        result = train_generator(params, *args, tmp_path / name)
+        assert result.checkpoint_dir == tmp_path / name / "best" and result.epochs_run == 2
+        runs.append(load_generator(result.checkpoint_dir))
+        assert result.settings.spread in (0.5, 1.0) and runs[-1][1] == result.settings
+        assert (result.settings.n_samples, result.settings.seed) == (2, 3)
+    # interrupted after one epoch, then resumed: the same generator as an uninterrupted run
+    one = Params.model_validate({"seed": 3, "generative": {**GENERATIVE, "epochs": 1}})
+    train_generator(one, *args, tmp_path / "c")
+    resumed = train_generator(params, *args, tmp_path / "c")
+    assert resumed.epochs_run == 1
+    runs.append(load_generator(resumed.checkpoint_dir))
+    first = runs[0][0].state_dict()
+    for other, _ in runs[1:]:
+        for key, value in other.state_dict().items():
+            assert torch.equal(first[key], value), key
+    history = json.loads((tmp_path / "c" / "history.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert {p.name for p in (tmp_path / "a" / "best").iterdir()} >= {
         "model.safetensors",
         "config.json",
         "generative.json",
-        "history.json",
     }
+    assert (tmp_path / "a" / "last" / "train_state.safetensors").is_file()
+    other = Params.model_validate({"seed": 4, "generative": GENERATIVE})  # another training
+    assert train_generator(other, *args, tmp_path / "c").epochs_run == 2
+
+
+def test_a_generator_checkpoint_carries_its_base_and_summarises_its_samples(tiny_series, tmp_path):
+    """``train.task: generative`` on a multi-task base: the checkpoint holds the base, loads as
+    one predictor, and each sample is segmented into lesion probability, volumes and status
+    probabilities; the pyfunc flavour draws residuals from a conditioning."""
+    from mtlgen.data.splits import Split
+    from mtlgen.inference.model import load_predictor
+    from mtlgen.models.mtl_net import MultiTaskNet
+    from mtlgen.track.pyfunc import _load_pyfunc
+    from mtlgen.track.stage import train_generator_on_base
+
+    torch.manual_seed(0)
+    net = MultiTaskNet(max_context=2, features=[4, 8, 16], time_dim=8, heads=2)
+    net.save_pretrained(tmp_path / "mtl")
+    patients = [s.patient for s in tiny_series]
+    split = Split(0, tuple(patients[:2]), (patients[2],), ())
+    params = Params.model_validate(
+        {
+            "seed": 3,
+            "data": {"max_context": 2},
+            "generative": {**GENERATIVE, "base": str(tmp_path / "mtl"), "n_samples": 3},
+        }
+    )
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
+        bad = params.model_copy(
+            update={
+                "generative": params.generative.model_copy(update={"base": tmp_path / "missing"})
+            }
+        )
+        train_generator_on_base(bad, tiny_series, split, tmp_path / "x", True, None)
+    result = train_generator_on_base(params, tiny_series, split, tmp_path / "gen", True, None)
+    assert (result.checkpoint_dir / "base" / "model.safetensors").is_file()
+    predictor = load_predictor(result.checkpoint_dir)
+    assert predictor.n_samples == 3 and predictor.segments
+    visits = [load_visit(v) for v in tiny_series[0].visits[:2]]
+    pred = predictor.predict(visits[:1], visits[1].days)
+    point = predictor.point_forecast.predict(visits[:1], visits[1].days)
+    assert np.array_equal(pred.label, point.label) and pred.core_volume_ml == point.core_volume_ml
+    assert pred.volume_samples_ml.shape == (3,) and (pred.volume_samples_ml >= 0).all()
+    assert pred.lesion_prob.shape == pred.label.shape
+    assert set(np.unique(pred.lesion_prob * 3).round(4)) <= {0.0, 1.0, 2.0, 3.0}
+    assert sum(pred.status_probs.values()) == pytest.approx(1.0)
+    draws = _load_pyfunc(str(result.checkpoint_dir)).predict(
+        {"cond": np.zeros((14, 8, 8, 8), np.float32)}, {"n_samples": 2, "seed": 1}
+    )
+    assert draws.shape == (2, 2, 8, 8, 8)
+
+
+def test_sample_scores_and_the_reliability_of_growth(tiny_series):
+    """The evaluation scores a generator's samples: voxel coverage of the sample interval in
+    the near region, whether the sample volume interval holds the truth, the Brier score of
+    P(progressive); a deterministic predictor's probability is its status (0 or 1)."""
+    from mtlgen.config import EvaluateConfig, ProgressionConfig
+    from mtlgen.evaluate.cases import case_truth
+    from mtlgen.evaluate.reliability import reliability
+    from mtlgen.evaluate.scores import case_metrics, growth_probability
+
+    visits = [load_visit(v) for v in tiny_series[0].visits[:2]]
+    truth = case_truth(
+        "p", "future", visits[:1], visits[1], EvaluateConfig(near_mm=6.0), ProgressionConfig()
+    )
+    assert truth.near is not None and truth.volume_ml is not None
+    copy = CopyLast().predict(visits[:1], visits[1].days)
+    plain = case_metrics(copy, truth)
+    assert np.isnan(plain["volume_sample_coverage"]) and np.isnan(
+        plain["image_sample_coverage_near"]
+    )
+    outcome = float(truth.status == "progressive")
+    assert plain["growth_brier"] == (float(copy.status == "progressive") - outcome) ** 2
+    wide = {c: np.stack([img - 10, img + 10, img]) for c, img in visits[1].images.items()}
+    hit = replace(
+        copy,
+        samples=wide,
+        volume_samples_ml=np.array([0.0, truth.volume_ml * 2, truth.volume_ml]),
+        status_probs={"progressive": 0.25, "stable": 0.75, "responding": 0.0},
+    )
+    scored = case_metrics(hit, truth)
+    assert scored["image_sample_coverage_near"] == 1.0 and scored["volume_sample_coverage"] == 1.0
+    assert scored["growth_brier"] == pytest.approx((0.25 - outcome) ** 2)
+    miss = replace(hit, volume_samples_ml=np.full(3, truth.volume_ml + 5))
+    assert case_metrics(miss, truth)["volume_sample_coverage"] == 0.0
+    rows = [
+        {"predictor": "g", "kind": "future", "status_true": s, "growth_prob": p}
+        for s, p in [("progressive", 0.9), ("stable", 0.1), ("progressive", 0.7), ("stable", 0.3)]
+    ] + [{"predictor": "g", "kind": "current", "status_true": "stable", "growth_prob": 1.0}]
+    table = reliability(rows, ["g"])["g"]
+    assert table["cases"] == 4 and table["brier"] == pytest.approx((0.01 + 0.01 + 0.09 + 0.09) / 4)
+    assert [(b["low"], b["cases"], b["observed"]) for b in table["bins"]] == [
+        (0.0, 1, 0.0),
+        (0.2, 1, 0.0),
+        (0.6, 1, 1.0),
+        (0.8, 1, 1.0),
+    ]
+    assert growth_probability(hit) == 0.25

@@ -19,7 +19,8 @@ def train(
         str | None,
         typer.Option(
             help="all (multi-task), one of seg, future_seg, progression, image (a single-task"
-            " baseline), or image_seg (the image-only MONAI UNet segmentation peer) [train.task]."
+            " baseline), image_seg (the image-only MONAI UNet segmentation peer) or generative"
+            " (the diffusion generator on generative.base's forecasts) [train.task]."
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder [train.out_dir].")] = None,
@@ -27,10 +28,13 @@ def train(
         bool, typer.Option(help="Continue from OUT/last when its settings match.")
     ] = True,
 ) -> None:
-    """Train the spatio-temporal multi-task model (or a single-task baseline) on the split.
+    """Train the spatio-temporal multi-task model (or a single-task baseline, the segmentation
+    peer, or the diffusion generator of follow-ups) on the split.
 
     Reads the registry's series and the split file; writes best/ and last/ checkpoints
-    (safetensors + JSON), history.csv/json, affinity.json/png and train_result.json into OUT.
+    (safetensors + JSON), history.csv/json, affinity.json/png and train_result.json into OUT
+    (the generator: best/ with its base model in best/base/, last/ and history.json into
+    OUT [generative.out_dir]).
     Interrupted runs resume from OUT/last. Under torchrun, processes average gradients.
     Tracked in MLflow (tracking.uri; fails fast if unreachable) and the best checkpoint is
     registered as the `candidate` of tracking.model_name (see `mtlgen promote`).
@@ -49,6 +53,13 @@ def train(
     if version is not None:
         name = model_name_for(cfg, cfg.train.task)
         typer.echo(f"registered {name} version {version} (alias candidate)")
+    if cfg.train.task == "generative":
+        typer.echo(
+            f"trained the generator: {result.epochs_run} epochs in {result.wall_time_s:.0f} s, "
+            f"best epoch {result.best_epoch} (val_loss {result.best_val_loss:.4f}), spread "
+            f"{result.settings.spread:g} -> {result.checkpoint_dir}"
+        )
+        return
     typer.echo(
         f"trained {','.join(result.tasks)}: {result.epochs_run} epochs in "
         f"{result.wall_time_s:.0f} s, best epoch {result.best_epoch} "
@@ -110,8 +121,8 @@ def promote(
     checkpoint: Annotated[
         Path | None,
         typer.Option(
-            help="The evaluated checkpoint; its registered.json names the version "
-            "[train.out_dir/best]."
+            help="The evaluated checkpoint; its registered.json names the registered model and "
+            "version (e.g. the generator's) [train.out_dir/best]."
         ),
     ] = None,
     version: Annotated[
@@ -140,11 +151,10 @@ def promote(
     cfg = config_from(ctx)
     path = metrics or cfg.evaluate.out_dir / "metrics.json"
     try:
-        ref = version
-        if ref is None:
-            registered = registered_version(checkpoint or cfg.train.out_dir / "best")
-            ref = registered["version"] if registered else "candidate"
-        decision = promote_evaluated(cfg, path, predictor, ref)
+        registered = registered_version(checkpoint or cfg.train.out_dir / "best")
+        ref = version or (registered["version"] if registered else "candidate")
+        name = registered["model_name"] if registered else None
+        decision = promote_evaluated(cfg, path, predictor, ref, name)
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc.filename}: not found (run `mtlgen evaluate` first)", err=True)
         raise typer.Exit(2) from None

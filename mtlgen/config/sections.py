@@ -182,7 +182,9 @@ class TrainConfig(Section):
     """Optimisation, loss weighting, gradient surgery, task affinity, checkpoints."""
 
     out_dir: Path = Path("data/models/mtl")
-    task: Literal["all", "seg", "future_seg", "progression", "image", "image_seg"] = "all"
+    task: Literal["all", "seg", "future_seg", "progression", "image", "image_seg", "generative"] = (
+        "all"
+    )
     epochs: int = Field(30, ge=1, le=10_000)
     batch_size: int = Field(2, ge=1, le=256)
     lr: float = Field(2e-3, gt=0, le=1)
@@ -216,6 +218,7 @@ class GenerativeConfig(Section):
     network, schedule, sampler and training budget."""
 
     out_dir: Path = Path("data/models/generative")
+    base: Path = Path("data/models/mtl/best")  # the multi-task model whose forecasts it draws on
     crop: int = Field(24, ge=8, le=256)
     residual_scale: float = Field(0.1, gt=0)
     channels: list[int] = Field(default_factory=lambda: [16, 32, 32], min_length=2)
@@ -228,6 +231,9 @@ class GenerativeConfig(Section):
     epochs: int = Field(12, ge=1, le=10_000)
     batch_size: int = Field(4, ge=1, le=256)
     lr: float = Field(5e-4, gt=0, le=1)
+    centre_grid: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], min_length=1
+    )
     spread_grid: list[float] = Field(
         default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0], min_length=1
     )

@@ -40,7 +40,7 @@ def calibrate_volumes(
     progress: bool = True,
 ) -> dict[str, VolumeCalibration]:
     """Each predictor's volume calibration on the labelled cases of ``series`` (the validation
-    patients'), by name."""
+    patients'), by name; a generative predictor's volume is its ``point_forecast``'s."""
     cases: dict[str, list[VolumeCase]] = {p.name: [] for p in predictors}
     specs = sum(len(case_specs(s, max_context, reconstruction)) for s in series)
     bar = tqdm(total=specs, desc="calibrating intervals", unit="case", disable=not progress)
@@ -53,7 +53,8 @@ def calibrate_volumes(
             horizon = horizon_days([v.days for v in context], target.days)
             for predictor in predictors:
                 if answers(predictor, kind):
-                    pred = predictor.predict(context, target.days)
+                    point = getattr(predictor, "point_forecast", predictor)
+                    pred = point.predict(context, target.days)
                     cases[predictor.name].append(
                         VolumeCase(kind, len(context), horizon, pred.core_volume_ml, true_ml)
                     )

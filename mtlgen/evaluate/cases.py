@@ -48,6 +48,7 @@ class CaseTruth:
     status: Status | None  # None without target and reference labels
     data_range: dict[str, float]  # contrast -> range of the true image inside the brain
     ssim_window: int
+    interval_level: float = 0.8  # of sample intervals (``progression.interval_level``)
 
     @property
     def case_id(self) -> str:
@@ -103,6 +104,7 @@ def case_truth(
         status,
         data_range,
         cfg.ssim_window,
+        progression.interval_level,
     )
 
 

@@ -59,6 +59,7 @@ def summary_markdown(metrics: dict) -> str:
         )
     lines += _kind_tables(metrics)
     lines += _calibration_table(metrics)
+    lines += _reliability_table(metrics)
     lines += _group_tables(metrics, "by_status", "true progression status")
     lines += _group_tables(metrics, "by_context", "context visits")
     lines += _seed_tables(metrics)
@@ -193,6 +194,32 @@ def _calibration_table(metrics: dict) -> list[str]:
             n = calibration[name]["cases"].get(key, 0)
             cells.append(f"{'–' if radius is None else f'{radius:.3g}'} ({n})")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _reliability_table(metrics: dict) -> list[str]:
+    """Per predictor that gives a probability of growth (not only 0 or 1): predicted vs
+    observed frequency of progression per probability bin, and the Brier score of each."""
+    table = metrics.get("reliability", {})
+    if not table:
+        return []
+    lines = [
+        "",
+        "## Probability of growth: reliability",
+        "",
+        "Brier score of P(progressive) (a deterministic predictor says 0 or 1): "
+        + ", ".join(f"`{n}` {r['brier']:.3f} ({r['cases']} cases)" for n, r in table.items()),
+    ]
+    for name, record in table.items():
+        if all(b["predicted"] in (0.0, 1.0) for b in record["bins"]):
+            continue  # says only 0 or 1: its Brier score is all there is
+        lines += ["", f"`{name}`:", "", "| P(progressive) | cases | predicted | observed |"]
+        lines.append("|---|---|---|---|")
+        lines += [
+            f"| {b['low']:.1f}-{b['high']:.1f} | {b['cases']} | {b['predicted']:.2f} | "
+            f"{b['observed']:.2f} |"
+            for b in record["bins"]
+        ]
     return lines
 
 

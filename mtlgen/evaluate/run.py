@@ -42,7 +42,14 @@ from mtlgen.evaluate.cases import (
     select_series,
     select_test_series,
 )
-from mtlgen.evaluate.scores import METRICS, case_metrics, check_prediction, interval_row
+from mtlgen.evaluate.reliability import reliability
+from mtlgen.evaluate.scores import (
+    METRICS,
+    case_metrics,
+    check_prediction,
+    growth_probability,
+    interval_row,
+)
 from mtlgen.ids import check_token
 from mtlgen.inference.intervals import VolumeCalibration
 from mtlgen.inference.prediction import Prediction, Predictor
@@ -97,6 +104,7 @@ def _case_rows(
                 "status_pred": pred.status,
                 "volume_true_ml": truth.volume_ml,
                 "volume_pred_ml": pred.core_volume_ml,
+                "growth_prob": growth_probability(pred),
                 **case_metrics(pred, truth),
                 **interval_row(calibrations.get(predictor.name), truth, pred),
             }
@@ -166,6 +174,7 @@ def evaluate_predictors(
         "by_status": aggregate_by_status(rows, names),
         "by_context": aggregate_by_context(rows, names),
         "calibration": {name: c.to_dict() for name, c in calibrations.items()},
+        "reliability": reliability(rows, names),
         "seed_groups": seed_groups(results),
     }
     return Evaluation(metrics, rows, montage)

@@ -46,6 +46,12 @@ METRICS: dict[str, str] = {
     "image_crps_change": "min",
     "image_crps_near": "min",
     "volume_interval_coverage": "level",  # best near the interval level, not at an extreme
+    # a generative predictor's samples: the share of the near region's true voxels inside the
+    # voxel-wise sample interval, and whether the samples' volume interval holds the truth
+    "image_sample_coverage_near": "level",
+    "volume_sample_coverage": "level",
+    # (P(progressive) - truly progressive)^2: the share of samples that progress, else 0 or 1
+    "growth_brier": "min",
     "volume_interval_width_ml": "min",
     "volume_interval_score": "min",
 }
@@ -107,10 +113,36 @@ def case_metrics(pred: Prediction, truth: CaseTruth) -> dict[str, float]:
                 ("crps", region_nanmean(crps, region)),
             ):
                 per_contrast.setdefault(f"image_{metric}_{region_name}", []).append(value)
+        if pred.samples and contrast in pred.samples and truth.near is not None:
+            low, high = sample_interval(pred.samples[contrast], truth.interval_level)
+            inside = (true_image >= low) & (true_image <= high)
+            per_contrast.setdefault("image_sample_coverage_near", []).append(
+                float(inside[truth.near].mean())
+            )
     for key, values in per_contrast.items():
         finite = [v for v in values if not math.isnan(v)]
         out[key] = float(np.mean(finite)) if finite else float("nan")
+    if pred.volume_samples_ml is not None and truth.volume_ml is not None:
+        low, high = sample_interval(pred.volume_samples_ml, truth.interval_level)
+        out["volume_sample_coverage"] = float(low <= truth.volume_ml <= high)
+    if truth.status is not None and truth.kind not in SEGMENTATION_KINDS:
+        out["growth_brier"] = (growth_probability(pred) - (truth.status == "progressive")) ** 2
     return out
+
+
+def sample_interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """The central ``level`` interval of ``samples`` along their first axis (percentiles)."""
+    tail = 50 * (1 - level)
+    low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
+    return low, high
+
+
+def growth_probability(pred: Prediction) -> float:
+    """The predicted probability of progression: the share of samples that progress, or 0/1
+    from a deterministic predictor's status."""
+    if pred.status_probs is not None:
+        return float(pred.status_probs["progressive"])
+    return float(pred.status == "progressive")
 
 
 def interval_row(

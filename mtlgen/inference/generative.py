@@ -2,13 +2,23 @@
 by the diffusion generator (``mtlgen.generative``) inside the lesion-centred cube.
 
 Conditioning channels, on the cube: the forecast image per contrast, the reference (copy-last)
-image per contrast, the forecast's core and edema, the reference visit's core and edema (zeros
-when it has no label) and the gap from the reference visit to the target in years. A contrast
-the forecast lacks is zero in both image channels.
+image per contrast, the next observed visit's image per contrast (a reconstruction between two
+visits; zeros for a forecast), the forecast's, the reference's and the next visit's core and
+edema (zeros without a label), the gap from the reference visit to the target and from the
+target to the next visit, in years (0 without one). A contrast the forecast lacks is zero in
+every image channel.
+
+Each sample is segmented by the base model's segmentation head (the sample as the target
+visit, after the context visits before it): the share of samples with lesion per voxel is the
+lesion-probability map, each sample's lesion-core volume gives the volume interval and each
+sample's status (the volumetric rule against the reference volume) the status probabilities.
 
 ``generative.json`` beside the denoiser's weights records how it was trained (contrasts, cube
-size, residual scale, schedule length, sampler, steps) and the ``spread`` fitted on the
-validation patients: the samples' deviations from their mean are scaled by it.
+size, residual scale, schedule length, sampler, steps, samples, seed) and the ``centre`` and
+``spread`` fitted on the validation patients: the samples' mean residual is scaled by the first
+(0 would keep the deterministic forecast as the mean image), their deviations from it by the
+second. A
+checkpoint folder holds its base model in ``base/`` (``load_generative_predictor``).
 """
 
 from __future__ import annotations
@@ -29,9 +39,16 @@ from mtlgen.inference.baselines import reference_visit
 from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.series import VisitArrays
-from mtlgen.progression import DAYS_PER_YEAR
+from mtlgen.progression import (
+    DAYS_PER_YEAR,
+    STATUSES,
+    lesion_volumes_ml,
+    progression_status,
+    voxel_volume_ml,
+)
 
 SETTINGS = "generative.json"
+BASE = "base"  # the base model's checkpoint inside a generator checkpoint
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,9 @@ class GeneratorSettings:
     train_timesteps: int
     sampler: Sampler
     steps: int
+    n_samples: int = 8
+    seed: int = 0
+    centre: float = 1.0
     spread: float = 1.0
 
     def save(self, directory: Path) -> Path:
@@ -62,7 +82,13 @@ class GeneratorSettings:
 
 
 def cond_channels(contrasts: Sequence[str]) -> int:
-    return 2 * len(contrasts) + 5
+    return 3 * len(contrasts) + 8
+
+
+def next_visit(context: Sequence[VisitArrays], target_days: float) -> VisitArrays | None:
+    """The earliest context visit after ``target_days`` (a reconstruction), else None."""
+    after = [v for v in context if v.days > target_days]
+    return min(after, key=lambda v: v.days) if after else None
 
 
 def conditioning(
@@ -73,23 +99,24 @@ def conditioning(
     crop: int,
 ) -> tuple[Box, np.ndarray]:
     """The cube around the forecast lesion (the reference lesion when the forecast has none)
-    and the conditioning channels on it ``[2C + 5, crop, crop, crop]``."""
+    and the conditioning channels on it ``[3C + 8, crop, crop, crop]`` (see module doc)."""
     reference = reference_visit(context, target_days)
+    after = next_visit(context, target_days)
     centre = forecast.label > 0
     if not centre.any() and reference.label is not None:
         centre = reference.label > 0
     box = lesion_box(centre, crop)
+    empty = np.zeros((crop,) * 3, np.float32)
     channels = []
-    for source in (forecast.images, reference.images):
+    for source in (forecast.images, reference.images, after.images if after else {}):
         channels += [
-            source[c][box] if c in forecast.images and c in source else np.zeros((crop,) * 3)
-            for c in contrasts
+            source[c][box] if c in forecast.images and c in source else empty for c in contrasts
         ]
-    ref_label = reference.label if reference.label is not None else np.zeros_like(forecast.label)
-    for label in (forecast.label, ref_label):
-        channels += [label[box] == 1, label[box] == 2]
-    gap = (target_days - reference.days) / DAYS_PER_YEAR
-    channels.append(np.full((crop,) * 3, gap))
+    for label in (forecast.label, reference.label, after.label if after else None):
+        channels += [empty, empty] if label is None else [label[box] == 1, label[box] == 2]
+    gap_after = (after.days - target_days) / DAYS_PER_YEAR if after else 0.0
+    channels.append(np.full((crop,) * 3, (target_days - reference.days) / DAYS_PER_YEAR))
+    channels.append(np.full((crop,) * 3, gap_after))
     return box, np.stack(channels).astype(np.float32)
 
 
@@ -114,19 +141,23 @@ def residual_target(
 
 class GenerativePredictor:
     """Samples follow-ups: ``base``'s forecast plus drawn residuals in the cube; ``images`` is
-    the samples' mean, ``samples`` every draw. Mask, volume and status are the base's."""
+    the samples' mean, ``samples`` every draw, and (when the base segments) each sample's
+    segmentation summed up (see module doc). Mask, volume and status are the base's point
+    forecast, which ``point_forecast`` answers alone (volume calibration needs nothing more)."""
 
     def __init__(
         self,
         base: Predictor,
         denoiser: ResidualDenoiser,
         settings: GeneratorSettings,
-        n_samples: int = 8,
-        seed: int = 0,
+        n_samples: int | None = None,
+        seed: int | None = None,
         device: str = "cpu",
         name: str = "generative",
     ) -> None:
-        self.base, self.settings, self.n_samples, self.seed = base, settings, n_samples, seed
+        self.base, self.settings = base, settings
+        self.n_samples = n_samples or settings.n_samples
+        self.seed = settings.seed if seed is None else seed
         self.pipeline = ResidualDiffusionPipeline(
             denoiser.to(device),
             training_scheduler(settings.train_timesteps),
@@ -134,6 +165,8 @@ class GenerativePredictor:
             settings.steps,
         )
         self.segments = getattr(base, "segments", False)
+        self.point_forecast = base
+        self.calibration = getattr(base, "calibration", None)
         self.name = name
 
     def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
@@ -143,7 +176,8 @@ class GenerativePredictor:
         s = self.settings
         box, cond = conditioning(context, forecast, target_days, s.contrasts, s.crop)
         draws = self.pipeline(torch.from_numpy(cond), self.n_samples, self.seed).numpy()
-        draws = draws.mean(axis=0) + s.spread * (draws - draws.mean(axis=0))
+        mean = draws.mean(axis=0)
+        draws = s.centre * mean + s.spread * (draws - mean)
         samples, images = {}, {}
         for i, c in enumerate(s.contrasts):
             if c not in forecast.images:
@@ -151,10 +185,61 @@ class GenerativePredictor:
             stack = np.repeat(forecast.images[c][None], self.n_samples, axis=0)
             stack[(slice(None), *box)] += s.residual_scale * draws[:, i]
             samples[c], images[c] = stack, stack.mean(axis=0)
-        return replace(forecast, images=images, samples=samples)
+        pred = replace(forecast, images=images, samples=samples)
+        return self._segmented(pred, context, target_days) if self.segments else pred
+
+    def _segmented(
+        self, pred: Prediction, context: Sequence[VisitArrays], target_days: float
+    ) -> Prediction:
+        """``pred`` with each sample segmented by the base: lesion probability, volumes, status
+        probabilities."""
+        before = [v for v in context if v.days < target_days]
+        reference = reference_visit(context, target_days)
+        labels = np.stack(
+            [
+                self.base.predict(
+                    [
+                        *before,
+                        VisitArrays(
+                            "sample",
+                            target_days,
+                            {c: stack[k] for c, stack in pred.samples.items()},
+                            None,
+                            reference.affine,
+                        ),
+                    ],
+                    target_days,
+                ).label
+                for k in range(self.n_samples)
+            ]
+        )
+        vox = voxel_volume_ml(reference.affine)
+        volumes = np.array([lesion_volumes_ml(label, vox)[0] for label in labels])
+        ref_ml = self._reference_ml(context, reference)
+        statuses = [
+            progression_status(ref_ml, v, self.base.increase, self.base.decrease) for v in volumes
+        ]
+        return replace(
+            pred,
+            lesion_prob=(labels > 0).mean(axis=0).astype(np.float32),
+            volume_samples_ml=volumes,
+            status_probs={st: statuses.count(st) / len(statuses) for st in STATUSES},
+        )
+
+    def _reference_ml(self, context: Sequence[VisitArrays], reference: VisitArrays) -> float:
+        """The reference visit's core volume: from its label, else the base's segmentation."""
+        if reference.label is not None:
+            return lesion_volumes_ml(reference.label, voxel_volume_ml(reference.affine))[0]
+        upto = [v for v in context if v.days <= reference.days]
+        return self.base.predict(upto, reference.days).core_volume_ml
 
 
 def load_generator(directory: Path) -> tuple[ResidualDenoiser, GeneratorSettings]:
     """The denoiser and its settings from a generator checkpoint folder."""
     denoiser = ResidualDenoiser.from_pretrained(directory)  # local
     return denoiser, GeneratorSettings.load(directory)
+
+
+def is_generator(directory: Path | str) -> bool:
+    """Whether ``directory`` is a generator checkpoint (it has ``generative.json``)."""
+    return (Path(directory) / SETTINGS).is_file()

@@ -32,6 +32,12 @@ import torch
 
 from mtlgen.data.dataset import encode_context, reference_slot
 from mtlgen.inference.fallback import ImageFallback, load_fallback, near_lesion
+from mtlgen.inference.generative import (
+    BASE,
+    GenerativePredictor,
+    is_generator,
+    load_generator,
+)
 from mtlgen.inference.intervals import VolumeCalibration, load_calibration
 from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.inference.segmenter import SegmenterPredictor
@@ -74,6 +80,7 @@ class ModelPredictor:
         self.calibration = calibration
         self.fallback = fallback
         self.segments = "seg" in model.tasks  # it answers a visit whose label is hidden
+        self.increase, self.decrease = model.increase, model.decrease  # the status rule
         tasks = model.tasks
         self.name = f"mtl-{model.sharing}" if tasks == TASKS else f"single-{tasks[0]}-copy-last"
 
@@ -112,15 +119,20 @@ class ModelPredictor:
             copy_last = _by_contrast(copy, self.contrasts, seen)
             images = self.fallback.apply(kind, len(context), images, copy_last, near)
         core_ml = volumes[0] if volumes is not None else lesion_volumes_ml(label, vox)[0]
-        status = progression_status(ref_core, core_ml, self.model.increase, self.model.decrease)
+        status = progression_status(ref_core, core_ml, self.increase, self.decrease)
         return Prediction(images=images, label=label, core_volume_ml=float(core_ml), status=status)
 
 
 def load_predictor(
-    checkpoint_dir: Path | str, device: str = "cpu"
-) -> ModelPredictor | SegmenterPredictor:
+    checkpoint_dir: Path | str, device: str = "cpu", n_samples: int | None = None
+) -> Predictor:
     """Predictor of a checkpoint written by ``mtlgen train`` (its ``best/`` or ``last/``
-    folder): the multi-task (or single-task) network, or the image-only segmenter."""
+    folder): the multi-task (or single-task) network, the image-only segmenter, or the
+    generator over its ``base/`` model (``n_samples`` draws, default its own setting)."""
+    if is_generator(checkpoint_dir):
+        base = load_predictor(Path(checkpoint_dir) / BASE, device)
+        denoiser, settings = load_generator(checkpoint_dir)
+        return GenerativePredictor(base, denoiser, settings, n_samples, device=device)
     if read_meta(checkpoint_dir).get("architecture") == ImageSegmenter.__name__:
         segmenter = ImageSegmenter.from_pretrained(checkpoint_dir, map_location=device)  # local
         return SegmenterPredictor(segmenter, device)
@@ -145,6 +157,11 @@ class NamedPredictor:
     def segments_only(self) -> bool:
         """Whether the model answers segmentation cases only (an image-only segmenter)."""
         return getattr(self.model, "segments_only", False)
+
+    @property
+    def point_forecast(self) -> Predictor:
+        """What answers mask, volume and status alone (a generator's base; else the model)."""
+        return getattr(self.model, "point_forecast", self.model)
 
     def predict(self, context: Sequence[VisitArrays], target_days: float) -> Prediction:
         return self.model.predict(context, target_days)

@@ -343,10 +343,13 @@ def promote(
     return decision
 
 
-def promote_evaluated(params: Params, metrics_path: Path, predictor: str, ref: str) -> Decision:
-    """Apply the rule to model version ``ref`` with what ``predictor`` scored in the evaluation
-    at ``metrics_path`` (``metrics.json`` of ``mtlgen evaluate``; its ``cases.tsv`` beside it
-    gives the per-case scores), on that evaluation's split."""
+def promote_evaluated(
+    params: Params, metrics_path: Path, predictor: str, ref: str, model_name: str | None = None
+) -> Decision:
+    """Apply the rule to version ``ref`` of ``model_name`` (default ``tracking.model_name``)
+    with what ``predictor`` scored in the evaluation at ``metrics_path`` (``metrics.json`` of
+    ``mtlgen evaluate``; its ``cases.tsv`` beside it gives the per-case scores), on that
+    evaluation's split."""
     from mtlgen.evaluate.aggregate import primary_scores
     from mtlgen.evaluate.run import read_cases
 
@@ -357,6 +360,9 @@ def promote_evaluated(params: Params, metrics_path: Path, predictor: str, ref: s
         r for r in read_cases(metrics_path.with_name("cases.tsv")) if r["predictor"] == predictor
     ]
     split_sha = evaluation["meta"]["split_sha256"]
+    tracking = params.tracking
+    if model_name is not None:
+        tracking = tracking.model_copy(update={"model_name": model_name})
     return promote(
-        params.tracking, scores, Rule.from_params(params), split_sha, ref, str(metrics_path), cases
+        tracking, scores, Rule.from_params(params), split_sha, ref, str(metrics_path), cases
     )

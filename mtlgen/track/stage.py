@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -108,7 +109,9 @@ def train_and_register(
     Returns the ``TrainResult`` and the registered version. Under torchrun only rank 0 tracks
     and registers (version None elsewhere). ``train.task: image_seg`` trains the image-only
     segmentation peer instead (``mtlgen.train.segmenter``), tracked but neither calibrated nor
-    registered (it is a yardstick, never a champion).
+    registered (it is a yardstick, never a champion). ``train.task: generative`` trains the
+    diffusion generator on the forecasts of ``generative.base`` (``train_generator_on_base``)
+    and registers it as ``<model_name>-generative``.
     """
     from mtlgen.data.splits import load_split
     from mtlgen.evaluate.calibration import calibrate_checkpoint
@@ -126,6 +129,10 @@ def train_and_register(
         split = load_split(split_file)
         if params.train.task == "image_seg":  # the image-only peer: evaluated, not registered
             return train_segmenter(params, series, split, out_dir, logger=run), None
+        if params.train.task == "generative":
+            result = train_generator_on_base(params, series, split, out_dir, resume, run)
+            version = register_trained(run, params, result.checkpoint_dir, "generative")
+            return result, version
         result = train_model(
             params, series, split, out_dir, task=params.train.task, logger=run, resume=resume
         )
@@ -134,6 +141,40 @@ def train_and_register(
             calibrate_checkpoint(params, series, split, result.checkpoint_dir)
             version = register_trained(run, params, result.checkpoint_dir, params.train.task)
     return result, version
+
+
+def train_generator_on_base(
+    params: Params, series, split, out_dir: Path | None, resume: bool, run: MlflowLogger | None
+):
+    """Train the generator on ``generative.base``'s forecasts of the split's training patients
+    (validation patients choose epoch and spread) and copy the base into the generator's
+    ``best/base/``, so that the checkpoint (and the registered model) is whole."""
+    from mtlgen.evaluate.cases import select_series
+    from mtlgen.inference.generative import BASE
+    from mtlgen.inference.model import ModelPredictor, load_predictor
+    from mtlgen.train.generative import train_generator
+
+    cfg = params.generative
+    base = load_predictor(cfg.base)
+    if not isinstance(base, ModelPredictor) or not base.segments:
+        raise ValueError(f"generative.base {cfg.base}: expected a multi-task checkpoint")
+    if run is not None:
+        run.log_params({"generative_base": str(cfg.base)})
+    result = train_generator(
+        params,
+        base,
+        base.contrasts,
+        select_series(series, split.train, "train"),
+        select_series(series, split.val, "validation"),
+        Path(out_dir or cfg.out_dir),
+        progress=True,
+        resume=resume,
+        logger=run,
+    )
+    target = result.checkpoint_dir / BASE
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(cfg.base, target, ignore=shutil.ignore_patterns(REGISTERED))
+    return result
 
 
 def evaluate_tracked(params: Params, out_dir: Path | str | None = None, progress: bool = True):

@@ -18,6 +18,7 @@ import yaml
 
 from mtlgen.config import TrackingConfig
 from mtlgen.ids import check_token
+from mtlgen.inference.generative import BASE, is_generator, load_generator
 from mtlgen.models.hub import CONFIG, WEIGHTS
 from mtlgen.models.mtl_net import MultiTaskNet
 from mtlgen.track.run import connect
@@ -124,6 +125,9 @@ def checkpoint_problem(checkpoint_dir: Path | str) -> str | None:
     """Why the checkpoint cannot be loaded by this version of mtlgen (its weights or settings do
     not fit the current network), or None when it loads."""
     try:
+        if is_generator(checkpoint_dir):
+            load_generator(Path(checkpoint_dir))
+            return checkpoint_problem(Path(checkpoint_dir) / BASE)
         MultiTaskNet.from_pretrained(checkpoint_dir)  # local
     except ValueError as exc:
         return str(exc)

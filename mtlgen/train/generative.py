@@ -1,22 +1,24 @@
 """Training of the diffusion generator (``mtlgen.generative``) on the residuals of a trained
-multi-task model's forecasts.
+multi-task model's forecasts (``mtlgen.train.residuals``).
 
-Cases: every future target of the training patients with every context length up to
-``data.max_context`` (the forecast from one visit misses differently from the forecast from
-three); the validation patients' future targets (full context) choose the best epoch by their
-denoising loss (fixed noise) and, after training, the ``spread`` of the samples: the factor of
-``generative.spread_grid`` with the least CRPS on the validation residuals. The base model has
-seen the training patients, so its residuals there are smaller than on new patients; the spread
-fitted on the validation patients corrects the samples' width for that.
+The validation patients' cubes choose the best epoch by their denoising loss (fixed noise) and,
+after training, the samples' ``centre`` and ``spread`` (``fit_sample_shape``): how far the
+samples' mean moves from the deterministic forecast (least MAE) and how wide they are around it
+(least CRPS). The base model has seen the training patients, so its residuals there are smaller
+than on new patients; the factors fitted on the validation patients correct for that.
 
 Seeded: one seed fixes the initial weights, the cubes drawn, their flips and the noise, so the
-same inputs give the same generator on CPU. Writes ``model.safetensors`` + ``config.json`` (the
-denoiser), ``generative.json`` (``GeneratorSettings``) and ``history.json`` into ``out_dir``.
+same inputs give the same generator on CPU. Resumable: after every epoch ``last/`` holds the
+weights, the optimizer, the random generator's state and the loop's counters in one safetensors
+file (``mtlgen.train.state``); a run with the same settings and cases continues from it and
+ends with the same generator as an uninterrupted one. Writes into ``out_dir``: ``best/``
+(``model.safetensors`` + ``config.json`` of the denoiser and ``generative.json``), ``last/``
+and ``history.json``.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import logging
 import time
@@ -34,92 +36,27 @@ from mtlgen.generative.network import ResidualDenoiser
 from mtlgen.generative.objective import denoising_loss
 from mtlgen.generative.pipeline import ResidualDiffusionPipeline
 from mtlgen.generative.schedulers import training_scheduler
-from mtlgen.inference.generative import (
-    GeneratorSettings,
-    cond_channels,
-    conditioning,
-    residual_target,
-)
+from mtlgen.inference.generative import GeneratorSettings, cond_channels
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.atomic import write_text_atomic
-from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
+from mtlgen.io.series import PatientSeries
+from mtlgen.train.loop import TrainLogger
+from mtlgen.train.residuals import ResidualCases, flipped_batch, residual_cases
+from mtlgen.train.state import load_train_state, read_loop, save_train_state
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ResidualCases:
-    """Cubes of conditioning ``[N, 2C+5, *cube]``, residual ``[N, C, *cube]``, valid ``[N, C]``."""
+@dataclass(frozen=True)
+class GeneratorResult:
+    """What ``train_generator`` built: the best checkpoint and how it got there."""
 
-    cond: torch.Tensor
-    residual: torch.Tensor
-    valid: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.cond.shape[0]
-
-
-def forecast_specs(
-    patient: PatientSeries, max_context: int, every_context: bool
-) -> list[tuple[tuple[int, ...], int]]:
-    """(context indices, target index) of the patient's future targets: the last
-    ``max_context`` visits before each, or (``every_context``) each length 1..``max_context``."""
-    specs = []
-    for j in range(1, len(patient.visits)):
-        lengths = range(1, min(j, max_context) + 1) if every_context else [min(j, max_context)]
-        specs += [(tuple(range(j - k, j)), j) for k in lengths]
-    return specs
-
-
-def residual_cases(
-    predictor: Predictor,
-    series: Sequence[PatientSeries],
-    settings: GeneratorSettings,
-    max_context: int,
-    every_context: bool,
-    progress: bool = False,
-) -> ResidualCases:
-    """The predictor's forecast residuals of every future target of ``series``, in cubes."""
-    conds, residuals, valids = [], [], []
-    for patient in tqdm(series, desc="forecast residuals", unit="patient", disable=not progress):
-        loaded: dict[int, VisitArrays] = {}
-        for context_idx, j in forecast_specs(patient, max_context, every_context):
-            for i in (*context_idx, j):
-                if i not in loaded:
-                    loaded[i] = load_visit(patient.visits[i])
-            context, target = [loaded[i] for i in context_idx], loaded[j]
-            forecast = predictor.predict(context, target.days)
-            box, cond = conditioning(
-                context, forecast, target.days, settings.contrasts, settings.crop
-            )
-            residual, valid = residual_target(
-                target, forecast, settings.contrasts, box, settings.residual_scale
-            )
-            conds.append(cond)
-            residuals.append(residual)
-            valids.append(valid)
-    if not conds:
-        raise ValueError("no future targets: the generator needs patients with two visits")
-    return ResidualCases(
-        torch.from_numpy(np.stack(conds)),
-        torch.from_numpy(np.stack(residuals)),
-        torch.from_numpy(np.stack(valids)),
-    )
-
-
-def _flipped(
-    cases: ResidualCases, idx: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, ...]:
-    """The cubes ``idx``, each flipped along a random set of axes (the same for conditioning
-    and residual): left-right and other mirrors are as plausible as the originals."""
-    out = [cases.cond[idx].clone(), cases.residual[idx].clone()]
-    flips = torch.rand((len(idx), 3), generator=generator) < 0.5
-    for b in range(len(idx)):
-        dims = [2 + d for d in range(3) if flips[b, d]]
-        if dims:
-            out[0][b] = out[0][b].flip([d - 1 for d in dims])
-            out[1][b] = out[1][b].flip([d - 1 for d in dims])
-    return out[0], out[1], cases.valid[idx]
+    checkpoint_dir: Path
+    settings: GeneratorSettings
+    epochs_run: int  # by this call (a resumed run counts its own part)
+    best_epoch: int
+    best_val_loss: float
+    wall_time_s: float
 
 
 @torch.no_grad()
@@ -140,28 +77,92 @@ def validation_loss(
     return total / count
 
 
-def fit_spread(
+def fit_sample_shape(
     pipeline: ResidualDiffusionPipeline,
     cases: ResidualCases,
     n_samples: int,
-    grid: Sequence[float],
+    centre_grid: Sequence[float],
+    spread_grid: Sequence[float],
     seed: int,
-) -> tuple[float, dict[float, float]]:
-    """The factor of ``grid`` for the samples' deviation from their mean with the least mean
-    CRPS of the residuals of ``cases`` (valid channels), and every factor's CRPS."""
-    totals = dict.fromkeys(grid, 0.0)
-    count = 0
+) -> tuple[float, float, dict[str, dict[float, float]]]:
+    """(centre, spread, scores) for the samples on the validation ``cases``: ``centre`` (of
+    ``centre_grid``) scales the samples' mean residual, chosen by the least MAE of the mean
+    (0 keeps the deterministic forecast: an unhelpful generator cannot make the mean image
+    worse); then ``spread`` (of ``spread_grid``) scales their deviations from it, chosen by the
+    least CRPS. Scores are each factor's mean over the valid channels."""
+    mae, crps = dict.fromkeys(centre_grid, 0.0), dict.fromkeys(spread_grid, 0.0)
+    draws, count = [], 0
     for i in range(len(cases)):
-        draws = pipeline(cases.cond[i], n_samples, seed + i).numpy()
-        mean = draws.mean(axis=0)
+        draws.append(pipeline(cases.cond[i], n_samples, seed + i).numpy())
+        mean = draws[-1].mean(axis=0)
         for c in np.flatnonzero(cases.valid[i].numpy()):
             truth = cases.residual[i, c].numpy()
-            for factor in grid:
-                scaled = mean[c] + factor * (draws[:, c] - mean[c])
-                totals[factor] += float(ensemble_crps(scaled, truth).mean())
+            for factor in centre_grid:
+                mae[factor] += float(np.abs(factor * mean[c] - truth).mean())
             count += 1
-    scores = {f: t / max(count, 1) for f, t in totals.items()}
-    return min(scores, key=scores.get), scores
+    centre = min(mae, key=mae.get)
+    for i, sample in enumerate(draws):
+        mean = sample.mean(axis=0)
+        for c in np.flatnonzero(cases.valid[i].numpy()):
+            truth = cases.residual[i, c].numpy()
+            for factor in spread_grid:
+                scaled = centre * mean[c] + factor * (sample[:, c] - mean[c])
+                crps[factor] += float(ensemble_crps(scaled, truth).mean())
+    scores = {
+        "centre_mae": {f: v / max(count, 1) for f, v in mae.items()},
+        "spread_crps": {f: v / max(count, 1) for f, v in crps.items()},
+    }
+    return centre, min(crps, key=crps.get), scores
+
+
+def _fingerprint(params: Params, train: ResidualCases, val: ResidualCases) -> str:
+    """What a resumed training must share with the saved one: every setting but the number of
+    epochs (training on for more epochs is a resume) and the very cases."""
+    generative = params.generative.model_dump(mode="json", exclude={"epochs", "out_dir", "base"})
+    settings = {"seed": params.seed, "generative": generative}
+    text = json.dumps(settings, sort_keys=True) + train.fingerprint() + val.fingerprint()
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _start(
+    last_dir: Path,
+    fingerprint: str,
+    denoiser: ResidualDenoiser,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    resume: bool,
+) -> dict:
+    """The loop's counters: from ``last_dir`` when it holds this very training, else fresh."""
+    fresh = {"fingerprint": fingerprint, "epoch": 0, "history": [], "best": None, "best_epoch": 0}
+    saved = read_loop(last_dir) if resume else None
+    if saved is None or saved.get("fingerprint") != fingerprint:
+        if saved is not None:
+            log.warning("%s holds another training (settings or cases); starting afresh", last_dir)
+        return fresh
+    loop, extra = load_train_state(last_dir, {"model": denoiser}, optimizer)
+    generator.set_state(extra["rng"])
+    log.info("resuming the generator from epoch %d", loop["epoch"])
+    return loop
+
+
+def _epoch(
+    denoiser, scheduler, optimizer, cases: ResidualCases, cfg, generator, label: str, progress
+) -> float:
+    """One epoch of ``cfg.steps_per_epoch`` random flipped batches; the mean training loss."""
+    denoiser.train()
+    losses = []
+    bar = tqdm(range(cfg.steps_per_epoch), desc=label, disable=not progress)
+    for _ in bar:
+        idx = torch.randint(0, len(cases), (cfg.batch_size,), generator=generator)
+        cond, residual, valid = flipped_batch(cases, idx, generator)
+        loss = denoising_loss(denoiser, scheduler, residual, cond, valid, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    return float(np.mean(losses))
 
 
 def train_generator(
@@ -172,15 +173,18 @@ def train_generator(
     val_series: Sequence[PatientSeries],
     out_dir: Path,
     progress: bool = False,
-) -> GeneratorSettings:
-    """Train the generator on ``predictor``'s residuals; write it to ``out_dir``."""
-    cfg, seed = params.generative, params.seed
+    resume: bool = True,
+    logger: TrainLogger | None = None,
+) -> GeneratorResult:
+    """Train the generator on ``predictor``'s residuals into ``out_dir`` (see module doc)."""
+    cfg, seed, out_dir = params.generative, params.seed, Path(out_dir)
     settings = GeneratorSettings(
         tuple(contrasts), cfg.crop, cfg.residual_scale, cfg.train_timesteps, cfg.sampler, cfg.steps
     )
-    max_context = params.data.max_context
-    train = residual_cases(predictor, train_series, settings, max_context, True, progress)
-    val = residual_cases(predictor, val_series, settings, max_context, False, progress)
+    settings = replace(settings, n_samples=cfg.n_samples, seed=seed)
+    max_context, recon = params.data.max_context, params.data.reconstruction
+    train = residual_cases(predictor, train_series, settings, max_context, True, recon, progress)
+    val = residual_cases(predictor, val_series, settings, max_context, False, recon, progress)
     log.info("generator cases: %d training, %d validation cubes", len(train), len(val))
     torch.manual_seed(seed)
     denoiser = ResidualDenoiser(
@@ -189,55 +193,50 @@ def train_generator(
     scheduler = training_scheduler(cfg.train_timesteps)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
-    best, best_state, history = float("inf"), None, []
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        denoiser.train()
-        losses = []
-        bar = tqdm(
-            range(cfg.steps_per_epoch),
-            desc=f"generator epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-        )
-        for _ in bar:
-            idx = torch.randint(0, len(train), (cfg.batch_size,), generator=generator)
-            cond, residual, valid = _flipped(train, idx, generator)
-            loss = denoising_loss(denoiser, scheduler, residual, cond, valid, generator)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    fingerprint = _fingerprint(params, train, val)
+    loop = _start(out_dir / "last", fingerprint, denoiser, optimizer, generator, resume)
+    start, first_epoch = time.perf_counter(), loop["epoch"]
+    for epoch in range(loop["epoch"] + 1, cfg.epochs + 1):
+        label = f"generator epoch {epoch}/{cfg.epochs}"
+        train_loss = _epoch(denoiser, scheduler, optimizer, train, cfg, generator, label, progress)
         val_loss = validation_loss(denoiser, scheduler, val, cfg.batch_size, seed)
-        history.append(
-            {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
-        )
-        log.info(
-            "generator epoch %d: train %.4f, validation %.4f",
-            epoch + 1,
-            history[-1]["train_loss"],
-            val_loss,
-        )
-        if val_loss < best:
-            best, best_state = val_loss, copy.deepcopy(denoiser.state_dict())
-    denoiser.load_state_dict(best_state)
-    pipeline = ResidualDiffusionPipeline(denoiser, scheduler, cfg.sampler, cfg.steps)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
+        loop["history"].append(row)
+        log.info("generator epoch %d: train %.4f, validation %.4f", epoch, train_loss, val_loss)
+        if logger is not None:
+            logger.log_metrics({f"generator_{k}": v for k, v in row.items() if k != "epoch"}, epoch)
+        if loop["best"] is None or val_loss < loop["best"]:
+            loop["best"], loop["best_epoch"] = val_loss, epoch
+            denoiser.save_pretrained(out_dir / "best")
+        loop["epoch"] = epoch
+        extra = {"rng": generator.get_state()}
+        save_train_state(out_dir / "last", {"model": denoiser}, optimizer, loop, extra)
+    best = ResidualDenoiser.from_pretrained(out_dir / "best")  # local
+    pipeline = ResidualDiffusionPipeline(best, scheduler, cfg.sampler, cfg.steps)
     chosen = torch.linspace(0, len(val) - 1, min(cfg.spread_cases, len(val))).round().long()
-    spread_cases = ResidualCases(val.cond[chosen], val.residual[chosen], val.valid[chosen])
-    spread, scores = fit_spread(pipeline, spread_cases, cfg.n_samples, cfg.spread_grid, seed)
-    settings = replace(settings, spread=spread)
-    out_dir = Path(out_dir)
-    denoiser.save_pretrained(out_dir)
-    settings.save(out_dir)
+    centre, spread, scores = fit_sample_shape(
+        pipeline, val.subset(chosen), cfg.n_samples, cfg.centre_grid, cfg.spread_grid, seed
+    )
+    settings = replace(settings, centre=centre, spread=spread)
+    settings.save(out_dir / "best")
     record = {
-        "history": history,
-        "best_val_loss": best,
-        "spread_crps": {str(k): v for k, v in scores.items()},
+        "history": loop["history"],
+        "best_epoch": loop["best_epoch"],
+        "best_val_loss": loop["best"],
+        **{key: {str(k): v for k, v in by.items()} for key, by in scores.items()},
         "train_cases": len(train),
         "val_cases": len(val),
         "seconds": time.perf_counter() - start,
     }
     write_text_atomic(out_dir / "history.json", json.dumps(record, indent=2))
-    log.info("generator: spread %.2f (validation CRPS by factor %s) -> %s", spread, scores, out_dir)
-    return settings
+    log.info(
+        "generator: centre %.2f, spread %.2f (validation %s) -> %s", centre, spread, scores, out_dir
+    )
+    return GeneratorResult(
+        out_dir / "best",
+        settings,
+        loop["epoch"] - first_epoch,
+        loop["best_epoch"],
+        loop["best"],
+        record["seconds"],
+    )

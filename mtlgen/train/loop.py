@@ -84,7 +84,8 @@ def _start_or_resume(
     if saved.get("fingerprint") != fingerprint_:
         log.warning("%s was trained with other settings; starting afresh", last_dir)
         return _fresh_loop(fingerprint_)
-    state = load_train_state(last_dir, objective.net, optimizer, objective.weighting, device)
+    modules = {"model": objective.net, "weighting": objective.weighting}
+    state, _ = load_train_state(last_dir, modules, optimizer, device)
     log.info("resuming %s from epoch %d", last_dir, state["epoch"])
     return {"affinity_time_s": 0.0, **state}
 
@@ -137,7 +138,8 @@ def _save_epoch(
     if improved:
         save_checkpoint(out_dir / "best", net, epoch_meta)
     save_checkpoint(out_dir / "last", net, epoch_meta)
-    save_train_state(out_dir / "last", net, trainer.optimizer, weighting, loop)
+    modules = {"model": net, "weighting": weighting}
+    save_train_state(out_dir / "last", modules, trainer.optimizer, loop)
     write_history(loop["history"], out_dir)
     if logger is not None:
         row = loop["history"][-1]

@@ -1,14 +1,17 @@
 """Resumable training state without pickle, in ONE atomically written safetensors file.
 
-``<dir>/train_state.safetensors`` holds the model weights (``model.<name>``), the optimizer's
-tensors (``opt.<param>.<key>``) and the loss weighting's state (``weighting.<name>``); its
-string metadata holds the optimizer's param groups and the loop's counters and history as
-JSON. One file means a crash can never pair weights of one epoch with counters of another.
+``<dir>/train_state.safetensors`` holds the state of each named module (``<module>.<name>``,
+e.g. ``model.*`` and the loss weighting's ``weighting.*``), the optimizer's tensors
+(``opt.<param>.<key>``) and any extra tensors (``extra.<name>``, e.g. a random generator's
+state); its string metadata holds the optimizer's param groups and the loop's counters and
+history as JSON. One file means a crash can never pair weights of one epoch with counters of
+another.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,15 @@ STATE = "train_state.safetensors"
 
 def save_train_state(
     directory: Path | str,
-    model: torch.nn.Module,
+    modules: Mapping[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
-    weighting: torch.nn.Module,
     loop: dict[str, Any],
+    extra: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     opt = optimizer.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors = {
+        f"{name}.{k}": v for name, module in modules.items() for k, v in module.state_dict().items()
+    }
     tensors.update(
         {
             f"opt.{idx}.{key}": torch.as_tensor(value)
@@ -37,7 +42,7 @@ def save_train_state(
             for key, value in state.items()
         }
     )
-    tensors.update({f"weighting.{k}": v for k, v in weighting.state_dict().items()})
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {"param_groups": json.dumps(opt["param_groups"]), "loop": json.dumps(loop)}
     path = Path(directory) / STATE
@@ -58,12 +63,12 @@ def read_loop(directory: Path | str) -> dict[str, Any] | None:
 
 def load_train_state(
     directory: Path | str,
-    model: torch.nn.Module,
+    modules: Mapping[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
-    weighting: torch.nn.Module,
     device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """Restore model, optimizer and weighting in place; return the loop's saved counters."""
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore the modules and the optimizer in place; return the loop's saved counters and
+    the extra tensors."""
     path = Path(directory) / STATE
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         meta = f.metadata()
@@ -72,11 +77,11 @@ def load_train_state(
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
-    model.load_state_dict(part("model."), strict=True)
+    for name, module in modules.items():
+        module.load_state_dict(part(f"{name}."), strict=True)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in part("opt.").items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    weighting.load_state_dict(part("weighting."))
-    return json.loads(meta["loop"])
+    return json.loads(meta["loop"]), part("extra.")
