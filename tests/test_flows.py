@@ -194,6 +194,18 @@ def pipeline_params(root: Path, source: Path) -> Path:
         },
         "evaluate": {"out_dir": str(root / "evaluation"), "device": "cpu"},
         "report": {"out_dir": str(root / "reports")},
+        "generative": {  # a tiny generator: 2 steps of 2 cubes, 2 samples of 2 DDIM steps
+            "out_dir": str(root / "generative"),
+            "crop": 8,
+            "channels": [8, 8],
+            "train_timesteps": 50,
+            "steps": 2,
+            "n_samples": 2,
+            "epochs": 1,
+            "steps_per_epoch": 2,
+            "batch_size": 2,
+            "spread_cases": 2,
+        },
     }
     path.write_text(yaml.safe_dump(tree))
     load_config(path)
@@ -253,6 +265,13 @@ def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, cohort):
     assert first["new_visits"] == sum(1 for _ in cohort.glob("sub-*/ses-*"))
     assert first["trained"]["promoted"] and first["trained"]["version"] == "1"
     assert Path(first["trained"]["metrics"]).is_file()
+    generator = first["trained"]["generator"]  # trained on the new champion, then judged
+    assert generator["model_name"] == "mtlgen-mtl-generative" and generator["promoted"]
+    assert (
+        Path(generator["metrics"])
+        == tmp_path / "evaluation" / "mtlgen-mtl-generative" / "metrics.json"
+    )
+    assert (Path(generator["checkpoint"]) / "base" / "model.safetensors").is_file()
     assert first["predicted"] == 3
     predictions = sorted((tmp_path / "predictions").glob("*/*-*-*/prediction.json"))
     assert len(predictions) == 3
@@ -286,6 +305,7 @@ def test_second_pipeline_run_trains_nothing(prefect_api, tmp_path, cohort):
     assert third["retrain"] and third["new_visits"] == 1
     assert third["trained"]["version"] == "2"
     assert len(client.search_model_versions("name='mtlgen-mtl'")) == 2
+    assert len(client.search_model_versions("name='mtlgen-mtl-generative'")) == 2
     run = client.get_run(third["trained"]["run_id"])
     assert run.data.metrics  # this training run logged its epochs
     visits = Path(client.download_artifacts(run.info.run_id, "train_visits.json", str(tmp_path)))

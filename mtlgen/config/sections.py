@@ -256,6 +256,7 @@ class FlowsConfig(Section):
     retries: int = Field(3, ge=0, le=20)
     retry_delay_s: float = Field(2.0, ge=0, le=3600)
     retrain_min_new_visits: int = Field(8, ge=1, le=1_000_000)
+    train_generator: bool = True  # after promotion, train, evaluate and promote the generator
     predict_window_days: float = Field(30.0, ge=0, le=3650)
     follow_up_days: float = Field(120.0, gt=0, le=3650)
     predict_out_dir: Path = Path("data/predictions")
