@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import date
 
 import nibabel as nib
 import numpy as np
@@ -114,3 +115,33 @@ def test_a_checkpoints_calibration_travels_with_it(tmp_path):
     calibration = VolumeCalibration(0.9, 90.0, {"all": 0.4}, {"all": 12})
     calibration.save(tmp_path)
     assert load_predictor(tmp_path).calibration == calibration
+
+
+def test_a_generative_predictor_writes_std_maps_and_its_sampling_settings(tmp_path, tiny_series):
+    import torch
+
+    from flows.predict import _markdown, predict_task
+    from mtlgen.generative.network import ResidualDenoiser
+    from mtlgen.inference.generative import GenerativePredictor, GeneratorSettings
+    from mtlgen.orchestration.followup import FollowUp
+
+    torch.manual_seed(0)
+    denoiser = ResidualDenoiser(2, 9, channels=(8, 8), norm_num_groups=8)
+    settings = GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 100, "ddim", 2)
+    predictor = GenerativePredictor(
+        make_baseline("copy_last", 0.25, 0.25), denoiser, settings, 3, 4
+    )
+    series = tiny_series[0]
+    target = series.visits[-1].days + 60
+    follow_up = FollowUp(series.patient, date(2024, 1, 1), date(2024, 3, 1), target)
+    row = predict_task.fn(predictor, series, follow_up, str(tmp_path), RunInfo(MODEL, "model"))
+    folder = tmp_path / series.patient / f"day-{round(target)}"
+    record = json.loads((folder / "prediction.json").read_text())
+    sampling = {k: record[k] for k in ("seed", "sampler", "steps", "n_samples")}
+    assert sampling == {"seed": 4, "sampler": "ddim", "steps": 2, "n_samples": 3}
+    for contrast in record["files"]:
+        assert (folder / contrast).is_file()
+    std = nib.load(folder / "FLAIR_std.nii.gz").get_fdata()
+    assert std.max() > 0 and "FLAIR_std.nii.gz" in record["files"]
+    assert row["thumbnail"] and row["thumbnail_std"]
+    assert _markdown([{**row, "due": "-"}], {**MODEL}).count("data:image/png;base64,") == 2

@@ -67,18 +67,19 @@ def output_grid(
     return OutputGrid("native", Grid(shape, affine), model.affine, to_baseline)
 
 
-def write_prediction(pred: Prediction, grid: OutputGrid, folder: Path) -> dict[str, Path]:
-    """Write ``pred``'s volumes on ``grid`` into ``folder``; return name -> path."""
-    affine, written = grid.target.affine, {}
+def write_prediction(pred: Prediction, grid: OutputGrid, folder: Path) -> dict[str, np.ndarray]:
+    """Write ``pred``'s volumes on ``grid`` into ``folder`` as ``<name>.nii.gz``; return
+    name -> the volume written."""
+    volumes = {}
     for contrast, image in pred.images.items():
         name = check_token(contrast, "contrast")
-        written[name] = save_nifti(folder / f"{name}.nii.gz", grid.image(image), affine)
+        volumes[name] = grid.image(image)
         if pred.samples is not None and contrast in pred.samples:
             std = np.asarray(pred.samples[contrast], dtype=np.float32).std(axis=0)
-            path = folder / f"{name}_std.nii.gz"
-            written[f"{name}_std"] = save_nifti(path, grid.image(std), affine)
-    written["label"] = save_nifti(folder / "label.nii.gz", grid.label(pred.label), affine)
+            volumes[f"{name}_std"] = grid.image(std)
+    volumes["label"] = grid.label(pred.label)
     if pred.lesion_prob is not None:
-        path = folder / "lesion_prob.nii.gz"
-        written["lesion_prob"] = save_nifti(path, grid.prob(pred.lesion_prob), affine)
-    return written
+        volumes["lesion_prob"] = grid.prob(pred.lesion_prob)
+    for name, volume in volumes.items():
+        save_nifti(folder / f"{name}.nii.gz", volume, grid.target.affine)
+    return volumes
