@@ -56,6 +56,7 @@ def test_predict_followup_reconstructs_a_gap_and_refuses_visits_and_the_past(
     assert row["status"] == "stable" and [v["visit"] for v in record["visits"]] == [
         series.visits[0].visit
     ]  # a reconstruction: the context is the visits before the target
+    assert record["kind"] == "reconstruction"
     with pytest.raises(BadTarget, match=f"visit {series.visits[1].visit} exists"):
         predict_followup(predictor, series, second, tmp_path, RUN)
     with pytest.raises(BadTarget, match="not after the first visit"):

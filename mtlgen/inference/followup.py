@@ -99,12 +99,17 @@ def sampling(predictor: Predictor) -> dict[str, object]:
 
 
 def _interval(
-    calibration: VolumeCalibration | None, visits: int, days_ahead: float, pred: Prediction
+    calibration: VolumeCalibration | None,
+    kind: str,
+    visits: int,
+    days_ahead: float,
+    pred: Prediction,
 ) -> dict[str, float | None]:
-    """The core volume's calibrated interval (None where absent or unbounded) and its level."""
+    """The core volume's calibrated interval for a ``kind`` case (future, reconstruction; None
+    where absent or unbounded) and its level."""
     if calibration is None:
         return {"core_volume_low_ml": None, "core_volume_high_ml": None, "interval_level": None}
-    low, high = calibration.interval("future", visits, days_ahead, pred.core_volume_ml)
+    low, high = calibration.interval(kind, visits, days_ahead, pred.core_volume_ml)
     return {
         "core_volume_low_ml": round(low, 4),
         "core_volume_high_ml": round(high, 4) if math.isfinite(high) else None,
@@ -171,12 +176,19 @@ def measured_visits(
 
 
 def _montage(
-    folder: Path, grid: OutputGrid, last: VisitArrays, written: Mapping[str, np.ndarray]
+    folder: Path,
+    grid: OutputGrid,
+    last: VisitArrays,
+    contrasts: Sequence[str],
+    written: Mapping[str, np.ndarray],
 ) -> None:
-    """``montage.png``: per predicted contrast, last visit, predicted mean and std."""
-    rows = {}
-    for contrast in last.images.keys() & written.keys():
-        rows[contrast] = {"last visit": grid.image(last.images[contrast])}
+    """``montage.png``: per predicted contrast, the last visit (when it has it), the predicted
+    mean and std."""
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    for contrast in sorted(contrasts):
+        rows[contrast] = {}
+        if contrast in last.images:
+            rows[contrast]["last visit"] = grid.image(last.images[contrast])
         rows[contrast]["predicted mean"] = written[contrast]
         if f"{contrast}_std" in written:
             rows[contrast]["std"] = written[f"{contrast}_std"]
@@ -208,16 +220,17 @@ def predict_followup(
     pred = predictor.predict(context, target_days)
     visits = measured_visits(predictor, known, context, folder / "visits", run.space)
     written = write_prediction(pred, grid, folder)
-    _montage(folder, grid, last, written)
+    _montage(folder, grid, last, list(pred.images), written)
     when = target_date(patient, target_days)
     days_ahead = target_days - last.days
+    kind = "future" if len(volumes) == len(patient.visits) else "reconstruction"
     row = {
         "patient": patient.patient,
         "last_visit_days": last.days,
         "target_days": target_days,
         "target_date": None if when is None else when.isoformat(),
         "core_volume_ml": round(float(pred.core_volume_ml), 4),
-        **_interval(getattr(predictor, "calibration", None), len(context), days_ahead, pred),
+        **_interval(getattr(predictor, "calibration", None), kind, len(context), days_ahead, pred),
         "status": pred.status,
         "space": grid.space,
         "folder": relative.as_posix(),
@@ -225,6 +238,7 @@ def predict_followup(
     record = {
         **row,
         "days_ahead": days_ahead,
+        "kind": kind,
         "model": dict(run.model),
         "data_version": None if run.data_version is None else dict(run.data_version),
         "params_sha256": run.params_sha256,
