@@ -3,8 +3,10 @@
 By default for every patient whose next visit is due within ``flows.predict_window_days`` of
 ``as_of`` (today); or for the given ``patients`` (pseudonyms) at ``target_date`` (or their due
 date). Each prediction is written to ``<flows.predict_out_dir>/<patient>/<due-date>/`` by
-``mtlgen.inference.followup.predict_followup``, so a patient's predictions sit together, one
-folder per due date; a markdown artifact ``follow-up-predictions`` shows a thumbnail per patient.
+``mtlgen.inference.followup.predict_followup`` (as ``mtlgen predict`` writes it, in
+``predict.space``, native by default), so a patient's predictions sit together, one folder per
+due date; a markdown artifact ``follow-up-predictions`` shows the predicted mean's thumbnail and,
+for a generative model, the standard deviation's, per patient.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mtlgen.orchestration.followup import (
 )
 
 ARTIFACT_KEY = "follow-up-predictions"
+_NOT_MEANS = {"label.nii.gz", "lesion_prob.nii.gz"}  # the other files are contrasts and stds
 
 
 def select_follow_ups(
@@ -51,29 +54,31 @@ def select_follow_ups(
 
 
 @task(name="predict-follow-up", cache_policy=NO_CACHE)  # inputs hold a model: never hash it
-def predict_task(
-    predictor, series: PatientSeries, follow_up: FollowUp, out_root: str, model: dict
-) -> dict:
-    """Predict one patient's follow-up; return its summary row and a PNG thumbnail (base64)."""
-    from mtlgen.ids import check_token
+def predict_task(predictor, series: PatientSeries, follow_up: FollowUp, out_root: str, run) -> dict:
+    """Predict one patient's follow-up; return its summary row and PNG thumbnails (base64) of
+    the predicted mean and, when the model gives samples, their standard deviation."""
     from mtlgen.inference.followup import predict_followup
     from mtlgen.orchestration.thumbnail import thumbnail_png
 
-    folder = (
-        Path(out_root)
-        / check_token(series.patient, "patient pseudonym")
-        / follow_up.due.isoformat()
-    )
-    days_ahead = follow_up.target_days - series.visits[-1].days
-    row = predict_followup(predictor, series, days_ahead, folder, model)
-    image = next(p for p in sorted(folder.glob("*.nii.gz")) if p.name != "label.nii.gz")
-    png = thumbnail_png(image, folder / "label.nii.gz")
-    return {
-        **row,
-        "due": follow_up.due.isoformat(),
-        "folder": str(folder),
-        "thumbnail": base64.b64encode(png).decode(),
-    }
+    row = predict_followup(predictor, series, follow_up.target_days, out_root, run)
+    folder = Path(out_root) / row["folder"]
+    label = folder / "label.nii.gz"
+    means = [
+        p
+        for p in sorted(folder.glob("*.nii.gz"))
+        if p.name not in _NOT_MEANS and not p.name.endswith("_std.nii.gz")
+    ]
+    thumbnails = {"thumbnail": "", "thumbnail_std": ""}
+    for image in means[:1]:
+        std = image.with_name(image.name.replace(".nii.gz", "_std.nii.gz"))
+        thumbnails["thumbnail"] = base64.b64encode(thumbnail_png(image, label)).decode()
+        if std.is_file():
+            thumbnails["thumbnail_std"] = base64.b64encode(thumbnail_png(std, label)).decode()
+    return {**row, "due": follow_up.due.isoformat(), "folder": str(folder), **thumbnails}
+
+
+def _image(name: str, png: str) -> str:
+    return f"![{name}](data:image/png;base64,{png})" if png else "–"
 
 
 def _markdown(rows: list[dict], model: dict) -> str:
@@ -81,15 +86,15 @@ def _markdown(rows: list[dict], model: dict) -> str:
 
     lines = [f"# Follow-up predictions ({model['model_name']} v{model['version']})", ""]
     lines += [
-        "| patient | due | day | core volume (ml) | interval | status | prediction |",
-        "|---|---|---|---|---|---|---|",
+        "| patient | due | day | core volume (ml) | interval | status | predicted mean | std |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         interval = interval_text(r) or "–"
         lines.append(
             f"| {r['patient']} | {r['due']} | {r['target_days']:.0f} | {r['core_volume_ml']:.2f} | "
-            f"{interval} | {r['status']} | "
-            f"![{r['patient']}](data:image/png;base64,{r['thumbnail']}) |"
+            f"{interval} | {r['status']} | {_image(r['patient'], r['thumbnail'])} | "
+            f"{_image(r['patient'] + ' std', r['thumbnail_std'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -103,7 +108,9 @@ def predict_follow_ups(
     overrides: list[str] | None = None,
 ) -> list[dict]:
     """Predict follow-ups with the champion (see module doc); returns one row per patient."""
+    from mtlgen.inference.followup import RunInfo
     from mtlgen.inference.model import load_predictor
+    from mtlgen.orchestration.followup import prediction_data_version
     from mtlgen.registry.series import load_series
     from mtlgen.track.versions import CHAMPION, download_checkpoint
 
@@ -121,9 +128,10 @@ def predict_follow_ups(
         folder, version = download_checkpoint(params.tracking, tmp, CHAMPION)
         model = {"model_name": params.tracking.model_name, "version": version}
         predictor = load_predictor(folder)
+        run = RunInfo.from_params(params, model, prediction_data_version(params))
         futures = [
             predict_task.with_options(task_run_name=f"predict-{f.patient}").submit(
-                predictor, series[f.patient], f, str(params.flows.predict_out_dir), model
+                predictor, series[f.patient], f, str(params.flows.predict_out_dir), run
             )
             for f in follow_ups
         ]
@@ -133,4 +141,4 @@ def predict_follow_ups(
         markdown=_markdown(rows, model),
         description=f"{len(rows)} follow-up predictions",
     )
-    return [{k: v for k, v in r.items() if k != "thumbnail"} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith("thumbnail")} for r in rows]

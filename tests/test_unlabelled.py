@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from mtlgen.config import load_config
 from mtlgen.data.splits import Split
-from mtlgen.inference.followup import predict_followup
+from mtlgen.inference.followup import RunInfo, predict_followup
 from mtlgen.inference.model import load_predictor
 from mtlgen.io.series import PatientSeries, VisitVolumes
 from mtlgen.models.mtl_net import MultiTaskNet
@@ -62,8 +62,10 @@ def test_predict_segments_every_unlabelled_visit_and_forecasts_from_them(tmp_pat
     MultiTaskNet(**kwargs).save_pretrained(tmp_path / "model")  # trained elsewhere
     predictor = load_predictor(tmp_path / "model")
     patient = _without_labels(tiny_series[0])
-    folder = tmp_path / "out"
-    row = predict_followup(predictor, patient, 120, folder, {"model_name": "m", "version": "1"})
+    run = RunInfo({"model_name": "m", "version": "1"}, space="model")
+    target = patient.visits[-1].days + 120
+    row = predict_followup(predictor, patient, target, tmp_path / "out", run)
+    folder = tmp_path / "out" / row["folder"]
     assert np.isfinite(row["core_volume_ml"]) and row["status"] in {
         "progressive",
         "stable",
@@ -88,8 +90,10 @@ def test_labelled_visits_report_their_label_and_are_not_segmented(tmp_path, tiny
         tmp_path / "model"
     )
     patient = tiny_series[1]
-    folder = tmp_path / "out"
-    predict_followup(load_predictor(tmp_path / "model"), patient, 60, folder, {"model_name": "m"})
+    run = RunInfo({"model_name": "m"}, space="model")
+    target = patient.visits[-1].days + 60
+    row = predict_followup(load_predictor(tmp_path / "model"), patient, target, tmp_path, run)
+    folder = tmp_path / row["folder"]
     record = json.loads((folder / "prediction.json").read_text())
     assert {v["source"] for v in record["visits"]} == {"label"}
     assert not (folder / "visits").exists()

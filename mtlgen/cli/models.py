@@ -177,6 +177,49 @@ def promote(
     )
 
 
+def _run_predict(cfg, checkpoint: Path | None, patient: str | None, at: str | None, out: Path):
+    """Refuse what cannot be predicted, then predict; return (rows, model source)."""
+    import tempfile
+
+    from mtlgen.ids import check_token
+    from mtlgen.inference.fit import grid_problem
+    from mtlgen.inference.followup import RunInfo, predict_followup, predict_followups
+    from mtlgen.inference.model import load_predictor
+    from mtlgen.inference.target import parse_at
+    from mtlgen.orchestration.followup import prediction_data_version
+    from mtlgen.registry.series import load_series
+    from mtlgen.track.versions import download_checkpoint
+
+    series = load_series(cfg.registry.url, cfg.registry.sqlite_timeout_s)
+    target = None  # the batch form: days_ahead after each last visit
+    if patient is not None:
+        check_token(patient, "--patient")
+        chosen = [s for s in series if s.patient == patient]
+        if not chosen:
+            raise LookupError(f"--patient {patient}: no such patient with registered visits")
+        series = chosen
+        last = chosen[0].visits[-1].days
+        target = parse_at(at, chosen[0]) if at else last + cfg.predict.days_ahead
+    with tempfile.TemporaryDirectory(prefix="mtlgen-model-") as tmp:
+        if checkpoint is not None:
+            folder, source = checkpoint, {"checkpoint": str(checkpoint)}
+        else:
+            folder, resolved = download_checkpoint(cfg.tracking, tmp, cfg.predict.model)
+            source = {
+                "model_name": cfg.tracking.model_name,
+                "version": resolved,
+                "requested": cfg.predict.model,
+            }
+        problem = grid_problem(folder, series)
+        if problem is not None:
+            raise ValueError(problem.replace(str(folder), str(source.get("checkpoint", source))))
+        predictor = load_predictor(folder)
+        run = RunInfo.from_params(cfg, source, prediction_data_version(cfg))
+        if target is not None:
+            return [predict_followup(predictor, series[0], target, out, run)], source
+        return predict_followups(predictor, series, cfg.predict.days_ahead, out, run), source
+
+
 @app.command()
 def predict(
     ctx: typer.Context,
@@ -195,47 +238,66 @@ def predict(
         float | None,
         typer.Option(help="Days after each patient's last visit [predict.days_ahead]."),
     ] = None,
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help="native: write on the grid of the last visit's source scan (its affine, shape, "
+            "orientation); model: the model grid (RAS, isotropic, baseline-aligned) "
+            "[predict.space]."
+        ),
+    ] = None,
+    patient: Annotated[
+        str | None, typer.Option(help="Predict one patient only (its pseudonym).")
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="With --patient: the date to predict, YYYY-MM-DD (after the first visit, on "
+            "no visit; between two visits reconstructs it from the visits before) or +DAYS "
+            "after the last visit [predict.days_ahead]."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder [predict.out_dir].")] = None,
 ) -> None:
-    """Predict every registered patient's follow-up visit with the champion model.
+    """Predict registered patients' follow-up visits with the champion model.
+
+    Without --patient: every patient's visit --days-ahead after its last one, and
+    <out>/predictions.tsv. With --patient ID [--at YYYY-MM-DD|+DAYS]: that patient's visit at
+    that date (the context is the visits before it). Writes
+    <out>/<pseudonym>/<YYYY-MM-DD>/ (day-<N>, days since baseline, when the registry has no
+    dates): <contrast>.nii.gz (a generative model's sample mean), <contrast>_std.nii.gz (with
+    samples), label.nii.gz, lesion_prob.nii.gz (when the model gives it), montage.png and
+    prediction.json (model, params hash, seed and sampler, space, target, volume with its
+    interval, status, visits). --space native (default) needs the last visit's source scan.
 
     The model comes from the MLflow registry (models:/<tracking.model_name>@champion unless
-    --model names another alias or version), loaded from its safetensors + JSON checkpoint.
-    Writes <out>/<pseudonym>/{<contrast>,label}.nii.gz and prediction.json on the model grid,
-    and <out>/predictions.tsv.
+    --model names another alias or version), or --checkpoint. Refused (exit 2, with the
+    reason): an unknown patient, a malformed --at, a date on or before the first visit or on an
+    existing visit, --at without --patient, a model whose contrasts or down-sampling do not fit
+    the registry's model grid, a source scan that is gone (native space).
     """
-    import tempfile
-
-    from mtlgen.inference.followup import predict_followups
-    from mtlgen.inference.model import load_predictor
-    from mtlgen.registry.series import load_series
     from mtlgen.track.run import TrackingUnavailable
-    from mtlgen.track.versions import download_checkpoint
 
-    for key, value in (("predict.model", model), ("predict.days_ahead", days_ahead)):
+    for key, value in (
+        ("predict.model", model),
+        ("predict.days_ahead", days_ahead),
+        ("predict.space", space),
+    ):
         if value is not None:
             ctx.obj["overrides"].append(f"{key}={value}")
     cfg = config_from(ctx)
-    with tempfile.TemporaryDirectory(prefix="mtlgen-model-") as tmp:
-        try:
-            if checkpoint is not None:
-                folder, source = checkpoint, {"checkpoint": str(checkpoint)}
-            else:
-                folder, resolved = download_checkpoint(cfg.tracking, tmp, cfg.predict.model)
-                source = {
-                    "model_name": cfg.tracking.model_name,
-                    "version": resolved,
-                    "requested": cfg.predict.model,
-                }
-            predictor = load_predictor(folder)
-            series = load_series(cfg.registry.url, cfg.registry.sqlite_timeout_s)
-            rows = predict_followups(
-                predictor, series, cfg.predict.days_ahead, out or cfg.predict.out_dir, source
-            )
-        except (FileNotFoundError, ValueError, LookupError, TrackingUnavailable) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-    typer.echo(f"predicted {len(rows)} patients with {source} -> {out or cfg.predict.out_dir}")
+    if at is not None and patient is None:
+        typer.echo("error: --at needs --patient (the batch form uses --days-ahead)", err=True)
+        raise typer.Exit(2)
+    out = out or cfg.predict.out_dir
+    try:  # refusals (bad ids, targets, grids, missing sources) are ValueErrors
+        rows, source = _run_predict(cfg, checkpoint, patient, at, out)
+    except (FileNotFoundError, ValueError, LookupError, TrackingUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for row in rows if patient else []:
+        typer.echo(f"wrote {out / row['folder']}")
+    typer.echo(f"predicted {len(rows)} patients with {source} -> {out} ({cfg.predict.space})")
 
 
 if __name__ == "__main__":

@@ -278,11 +278,13 @@ class FlowsConfig(Section):
 
 
 class PredictConfig(Section):
-    """`mtlgen predict`: each registered patient's visit ``days_ahead`` after its last one."""
+    """`mtlgen predict`: each registered patient's visit ``days_ahead`` after its last one,
+    written in ``space``: ``native`` (the last visit's source scan grid) or ``model``."""
 
     model: str = Field("champion", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     days_ahead: float = Field(180.0, gt=0, le=3650)
     out_dir: Path = Path("data/predictions/pipeline")
+    space: Literal["native", "model"] = "native"
 
 
 class ReportConfig(Section):

@@ -14,6 +14,8 @@ from datetime import date, timedelta
 from itertools import pairwise
 from statistics import median
 
+from mtlgen.config import Params
+
 
 @dataclass(frozen=True)
 class FollowUp:
@@ -82,3 +84,15 @@ def visit_dates(url: str, sqlite_timeout_s: float = 120.0) -> dict[str, list[dat
         if baseline is not None:
             dates.setdefault(pseudonym, []).append(baseline + timedelta(days=round(days)))
     return {p: sorted(d) for p, d in dates.items()}
+
+
+def prediction_data_version(params: Params) -> dict[str, str] | None:
+    """DVC's hashes (dvc.lock) of the processed folder and the SQLite registry file that
+    predictions read; None when DVC tracks neither."""
+    from mtlgen.track.provenance import dvc_hashes
+
+    paths = [str(params.preprocess.out_dir)]
+    if params.registry.url.startswith("sqlite:///"):
+        paths.append(params.registry.url.removeprefix("sqlite:///"))
+    known = {path: digest for path, digest in dvc_hashes(paths).items() if digest != "untracked"}
+    return known or None

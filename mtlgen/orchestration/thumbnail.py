@@ -8,17 +8,23 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from mtlgen.inference.montage import to_ras
+
 
 def thumbnail_png(image: Path | str, label: Path | str | None = None, inches: float = 2.0) -> bytes:
     """PNG bytes of ``image``'s axial slice with the largest lesion area (middle slice if no
-    lesion), lesion core outlined in red and edema in yellow."""
+    lesion), lesion core outlined in red and edema in yellow; any stored orientation (native
+    space) is shown as RAS."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = np.asarray(nib.load(image).dataobj, dtype=np.float32)
-    mask = None if label is None else np.asarray(nib.load(label).dataobj, dtype=np.uint8)
+    img = nib.load(image)
+    data = to_ras(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    mask = None
+    if label is not None:
+        mask = to_ras(np.asarray(nib.load(label).dataobj, dtype=np.uint8), img.affine)
     area = mask.reshape(-1, mask.shape[2]).astype(bool).sum(0) if mask is not None else None
     z = int(area.argmax()) if area is not None and area.max() > 0 else data.shape[2] // 2
     fig, ax = plt.subplots(figsize=(inches, inches), dpi=64)

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from mtlgen.config import Params
-from mtlgen.inference.followup import measured_visits, predict_followup
+from mtlgen.inference.followup import RunInfo, measured_visits, predict_followup
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.orchestration.followup import next_visit_due
@@ -170,15 +170,16 @@ def _forecast(record: dict, reference_ml: float, increase: float, decrease: floa
 def _predict(
     predictor: Predictor,
     series: PatientSeries,
-    days_ahead: float,
+    target_days: float,
     model: dict,
     arrays: PatientArrays,
 ) -> tuple[dict, list[dict]]:
-    """Forecast ``days_ahead`` after the last visit and segment the unlabelled visits; fill
-    ``arrays`` (outlines, predicted images and label); return the record and measured visits."""
+    """Forecast the visit at ``target_days`` and segment the unlabelled visits, on the model
+    grid; fill ``arrays`` (outlines, predicted images and label); return the record and
+    measured visits."""
     with tempfile.TemporaryDirectory(prefix="mtlgen-report-") as tmp:
-        folder = Path(tmp)
-        predict_followup(predictor, series, days_ahead, folder, model)
+        row = predict_followup(predictor, series, target_days, tmp, RunInfo(model, "model"))
+        folder = Path(tmp) / row["folder"]
         record = json.loads((folder / "prediction.json").read_text())
         for v in record["visits"]:
             if v["source"] == "model":
@@ -187,7 +188,8 @@ def _predict(
         arrays.predicted_images = {  # every contrast of the context, also one the last lacks
             path.name.removesuffix(".nii.gz"): np.asarray(nib.load(path).dataobj, np.float32)
             for path in folder.glob("*.nii.gz")
-            if path.name != "label.nii.gz"
+            if path.name not in {"label.nii.gz", "lesion_prob.nii.gz"}
+            and not path.name.endswith("_std.nii.gz")
         }
         arrays.predicted_label = np.asarray(nib.load(folder / "label.nii.gz").dataobj, np.uint8)
     return record, record["visits"]
@@ -208,16 +210,15 @@ def summarise(
     arrays = PatientArrays(context, {v.visit: v.label for v in context if v.label is not None})
     record, notes, measured = None, [], None
     if predictor is not None and context:
-        days_ahead = target - context[-1].days
         try:
-            record, measured = _predict(predictor, series, days_ahead, dict(model or {}), arrays)
+            record, measured = _predict(predictor, series, target, dict(model or {}), arrays)
         except ValueError as exc:  # e.g. the usable visits lack a contrast the model reads
             notes.append(f"no forecast: {redact_paths(str(exc))}")
     elif predictor is None:
         notes.append("no model: no forecast and no segmentation of visits without a label")
     if measured is None:
         with tempfile.TemporaryDirectory(prefix="mtlgen-report-") as tmp:
-            measured = measured_visits(None, context, Path(tmp))
+            measured = measured_visits(None, series, context, Path(tmp))
     visits = _visit_summaries(rows, measured)
     done = [v for v in visits if v.core_ml is not None]
     reference = done[-1].core_ml if done else 0.0
