@@ -112,7 +112,7 @@ def predict_follow_ups(
     from mtlgen.inference.model import load_predictor
     from mtlgen.orchestration.followup import prediction_data_version
     from mtlgen.registry.series import load_series
-    from mtlgen.track.versions import CHAMPION, download_checkpoint
+    from mtlgen.track.versions import download_forecaster
 
     logger = get_run_logger()
     params = load_params(params_file, overrides)
@@ -125,9 +125,8 @@ def predict_follow_ups(
         s.patient: s for s in load_series(params.registry.url, params.registry.sqlite_timeout_s)
     }
     with tempfile.TemporaryDirectory(prefix="mtlgen-champion-") as tmp:
-        folder, version = download_checkpoint(params.tracking, tmp, CHAMPION)
-        model = {"model_name": params.tracking.model_name, "version": version}
-        predictor = load_predictor(folder)
+        folder, model = download_forecaster(params, tmp)
+        predictor = load_predictor(folder, n_samples=params.predict.n_samples)
         run = RunInfo.from_params(params, model, prediction_data_version(params))
         futures = [
             predict_task.with_options(task_run_name=f"predict-{f.patient}").submit(

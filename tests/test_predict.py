@@ -127,7 +127,7 @@ def test_a_generative_predictor_writes_std_maps_and_its_sampling_settings(tmp_pa
     from mtlgen.orchestration.followup import FollowUp
 
     torch.manual_seed(0)
-    denoiser = ResidualDenoiser(2, 9, channels=(8, 8), norm_num_groups=8)
+    denoiser = ResidualDenoiser(2, 14, channels=(8, 8), norm_num_groups=8)
     settings = GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 100, "ddim", 2)
     predictor = GenerativePredictor(
         make_baseline("copy_last", 0.25, 0.25), denoiser, settings, 3, 4

@@ -410,3 +410,41 @@ def test_train_command_fails_fast_on_unreachable_tracking(tmp_path, monkeypatch)
     assert f"tracking.uri {uri}: no MLflow server answered" in result.output
     assert time.perf_counter() - start < 60  # not MLflow's minutes of retries
     assert not (tmp_path / "data").exists()
+
+
+def test_predict_uses_the_generators_version_when_registered(tmp_path) -> None:
+    """``download_forecaster``: the multi-task model while no generator is registered, the
+    generator (a whole checkpoint: its base inside) once it has the requested alias."""
+    from mtlgen.config import Params
+    from mtlgen.generative.network import ResidualDenoiser
+    from mtlgen.inference.generative import GenerativePredictor, GeneratorSettings
+    from mtlgen.inference.model import load_predictor
+    from mtlgen.track.versions import download_forecaster
+
+    store = TrackingConfig(
+        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_root=tmp_path / "artifacts",
+        experiment="test",
+        model_name="fc",
+    )
+    params = Params.model_validate(
+        {"tracking": store.model_dump(), "predict": {"model": "candidate"}}
+    )
+    with tracked_run(store, "train-mtl"):
+        register_checkpoint(make_checkpoint(tmp_path / "mtl", 0), "fc")
+    folder, source = download_forecaster(params, tmp_path / "a")
+    assert source == {"model_name": "fc", "version": "1", "requested": "candidate"}
+    gen = tmp_path / "gen"
+    ResidualDenoiser(2, 14, channels=(8, 8)).save_pretrained(gen)
+    GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 50, "ddim", 2, n_samples=3).save(gen)
+    make_checkpoint(gen / "base", 0)
+    with tracked_run(store, "train-generative"):
+        register_checkpoint(gen, "fc-generative")
+    folder, source = download_forecaster(params, tmp_path / "b")
+    assert source["model_name"] == "fc-generative"
+    predictor = load_predictor(folder, n_samples=4)
+    assert isinstance(predictor, GenerativePredictor) and predictor.n_samples == 4
+    off = params.model_copy(
+        update={"predict": params.predict.model_copy(update={"generative": False})}
+    )
+    assert download_forecaster(off, tmp_path / "c")[1]["model_name"] == "fc"

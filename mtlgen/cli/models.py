@@ -188,7 +188,7 @@ def _run_predict(cfg, checkpoint: Path | None, patient: str | None, at: str | No
     from mtlgen.inference.target import parse_at
     from mtlgen.orchestration.followup import prediction_data_version
     from mtlgen.registry.series import load_series
-    from mtlgen.track.versions import download_checkpoint
+    from mtlgen.track.versions import download_forecaster
 
     series = load_series(cfg.registry.url, cfg.registry.sqlite_timeout_s)
     target = None  # the batch form: days_ahead after each last visit
@@ -204,16 +204,11 @@ def _run_predict(cfg, checkpoint: Path | None, patient: str | None, at: str | No
         if checkpoint is not None:
             folder, source = checkpoint, {"checkpoint": str(checkpoint)}
         else:
-            folder, resolved = download_checkpoint(cfg.tracking, tmp, cfg.predict.model)
-            source = {
-                "model_name": cfg.tracking.model_name,
-                "version": resolved,
-                "requested": cfg.predict.model,
-            }
+            folder, source = download_forecaster(cfg, tmp)
         problem = grid_problem(folder, series)
         if problem is not None:
             raise ValueError(problem.replace(str(folder), str(source.get("checkpoint", source))))
-        predictor = load_predictor(folder)
+        predictor = load_predictor(folder, n_samples=cfg.predict.n_samples)
         run = RunInfo.from_params(cfg, source, prediction_data_version(cfg))
         if target is not None:
             return [predict_followup(predictor, series[0], target, out, run)], source
@@ -270,8 +265,11 @@ def predict(
     prediction.json (model, params hash, seed and sampler, space, target, volume with its
     interval, status, visits). --space native (default) needs the last visit's source scan.
 
-    The model comes from the MLflow registry (models:/<tracking.model_name>@champion unless
-    --model names another alias or version), or --checkpoint. Refused (exit 2, with the
+    The model comes from the MLflow registry: the generator's champion
+    (models:/<tracking.model_name>-generative@champion, which draws predict.n_samples samples
+    around its multi-task base's forecast) when one is registered and predict.generative is
+    on, else the multi-task champion (models:/<tracking.model_name>@champion); --model names
+    another alias or version; or --checkpoint. Refused (exit 2, with the
     reason): an unknown patient, a malformed --at, a date on or before the first visit or on an
     existing visit, --at without --patient, a model whose contrasts or down-sampling do not fit
     the registry's model grid, a source scan that is gone (native space).

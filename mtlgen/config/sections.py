@@ -285,6 +285,8 @@ class PredictConfig(Section):
     days_ahead: float = Field(180.0, gt=0, le=3650)
     out_dir: Path = Path("data/predictions/pipeline")
     space: Literal["native", "model"] = "native"
+    generative: bool = True  # the generator's champion (over its base) when one is registered
+    n_samples: int | None = Field(None, ge=2, le=256)  # draws; None: the generator's own
 
 
 class ReportConfig(Section):

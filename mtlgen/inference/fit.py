@@ -15,12 +15,16 @@ from pathlib import Path
 
 import nibabel as nib
 
+from mtlgen.inference.generative import BASE, is_generator
 from mtlgen.io.series import PatientSeries
 from mtlgen.models.hub import CONFIG
 
 
 def grid_problem(checkpoint: Path | str, series: Sequence[PatientSeries]) -> str | None:
-    """Why ``checkpoint`` does not fit the registry's grid (None when it does)."""
+    """Why ``checkpoint`` does not fit the registry's grid (None when it does); a generator's
+    through its base model (the generator works in cubes inside any grid)."""
+    if is_generator(checkpoint):
+        return grid_problem(Path(checkpoint) / BASE, series)
     path = Path(checkpoint) / CONFIG
     try:
         config = json.loads(path.read_text())

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mtlgen.config import TrackingConfig
+from mtlgen.config import Params, TrackingConfig
 from mtlgen.ids import check_token
 from mtlgen.inference.generative import BASE, is_generator, load_generator
 from mtlgen.models.hub import CONFIG, WEIGHTS
@@ -119,6 +119,23 @@ def download_checkpoint(
     if flavor.get("loader_module") != LOADER:
         raise ValueError(f"{uri}: not an mtlgen checkpoint (loader {flavor.get('loader_module')})")
     return local / flavor["data"], version
+
+
+def download_forecaster(params: Params, dst: Path | str) -> tuple[Path, dict[str, str]]:
+    """The checkpoint ``predict`` uses: ``predict.model`` (alias or version) of the generator
+    (``<tracking.model_name>-generative``, whose checkpoint holds its base) when
+    ``predict.generative`` and it has that version, else of the multi-task model; with the
+    model name, version and requested reference."""
+    ref, name = params.predict.model, params.tracking.model_name
+    if params.predict.generative:
+        generator = f"{name}-generative"
+        try:
+            folder, version = download_checkpoint(params.tracking, dst, ref, generator)
+            return folder, {"model_name": generator, "version": version, "requested": ref}
+        except LookupError:
+            log.warning("%s has no version %r: predicting with %s", generator, ref, name)
+    folder, version = download_checkpoint(params.tracking, dst, ref)
+    return folder, {"model_name": name, "version": version, "requested": ref}
 
 
 def checkpoint_problem(checkpoint_dir: Path | str) -> str | None:
