@@ -64,7 +64,11 @@ def score_seed(params, series, split, base, gen) -> tuple[list[dict], list[float
     for patient, kind, context, target in _cases(series, split, params):
         truth = case_truth(patient, kind, context, target, params.evaluate, params.progression)
         start = time.perf_counter()
-        det = base.predict(context, target.days)
+        try:
+            det = base.predict(context, target.days)
+        except ValueError as exc:  # e.g. no context visit has a contrast the model reads
+            print(f"skipped {patient} {kind} -> {target.visit}: {exc}")
+            continue
         det_s.append(time.perf_counter() - start)
         start = time.perf_counter()
         pred = gen.predict(context, target.days)

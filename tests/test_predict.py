@@ -54,8 +54,10 @@ def test_predict_followup_reconstructs_a_gap_and_refuses_visits_and_the_past(
     row = predict_followup(predictor, series, gap, tmp_path, RUN)
     record = json.loads((tmp_path / row["folder"] / "prediction.json").read_text())
     assert row["status"] == "stable" and [v["visit"] for v in record["visits"]] == [
-        series.visits[0].visit
-    ]  # a reconstruction: the context is the visits before the target
+        series.visits[0].visit,
+        series.visits[1].visit,
+    ]  # a reconstruction: the visits before the target and the next one after it
+    assert row["last_visit_days"] == first  # written on the grid of the visit before
     assert record["kind"] == "reconstruction"
     with pytest.raises(BadTarget, match=f"visit {series.visits[1].visit} exists"):
         predict_followup(predictor, series, second, tmp_path, RUN)

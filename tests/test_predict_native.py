@@ -110,7 +110,7 @@ def test_model_space_keeps_the_model_grid_and_one_patient_takes_a_date(registere
     processed = nib.load(first.images["T1w"])
     assert np.allclose(label.affine, processed.affine) and label.shape == (40, 48, 40)
     record = json.loads((folder / "prediction.json").read_text())
-    assert [v["visit"] for v in record["visits"]] == [first.visit]  # a reconstruction
+    assert [v["visit"] for v in record["visits"]] == [first.visit, second.visit]  # around the gap
     assert record["space"] == "model" and not (tmp_path / "predictions.tsv").exists()
     result = _predict(params_file, *args, "--at", "+30")
     assert result.exit_code == 0, result.output

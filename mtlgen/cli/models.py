@@ -248,7 +248,7 @@ def predict(
         str | None,
         typer.Option(
             help="With --patient: the date to predict, YYYY-MM-DD (after the first visit, on "
-            "no visit; between two visits reconstructs it from the visits before) or +DAYS "
+            "no visit; between two visits reconstructs it from the visits around it) or +DAYS "
             "after the last visit [predict.days_ahead]."
         ),
     ] = None,
@@ -258,7 +258,8 @@ def predict(
 
     Without --patient: every patient's visit --days-ahead after its last one, and
     <out>/predictions.tsv. With --patient ID [--at YYYY-MM-DD|+DAYS]: that patient's visit at
-    that date (the context is the visits before it). Writes
+    that date (the context is the visits before it, and the next one for a date between two
+    visits). Writes
     <out>/<pseudonym>/<YYYY-MM-DD>/ (day-<N>, days since baseline, when the registry has no
     dates): <contrast>.nii.gz (a generative model's sample mean), <contrast>_std.nii.gz (with
     samples), label.nii.gz, lesion_prob.nii.gz (when the model gives it), montage.png and

@@ -38,7 +38,7 @@ from mtlgen.inference.intervals import VolumeCalibration
 from mtlgen.inference.montage import write_montage
 from mtlgen.inference.outputs import OutputGrid, Space, output_grid, write_prediction
 from mtlgen.inference.prediction import Prediction, Predictor
-from mtlgen.inference.target import check_target, context_before, folder_name, target_date
+from mtlgen.inference.target import check_target, context_around, folder_name, target_date
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.nifti import save_nifti
 from mtlgen.io.series import (
@@ -204,18 +204,24 @@ def predict_followup(
     run: RunInfo,
 ) -> dict:
     """Predict ``patient``'s visit at ``target_days`` (days since baseline; after its first
-    visit, on none) from the visits before it into ``<out_dir>/<pseudonym>/<date>/``; return its
-    summary row."""
+    visit, on none) from the visits before it (and, for a reconstruction, the next one after
+    it) into ``<out_dir>/<pseudonym>/<date>/`` on the grid of the last visit before it; return
+    its summary row."""
     check_target(patient, target_days)
-    volumes = context_before(patient, target_days)
+    volumes = context_around(patient, target_days)
     known = PatientSeries(patient.patient, tuple(volumes))
     relative = Path(check_token(patient.patient, "patient pseudonym"))
     relative /= folder_name(patient, target_days)
     folder = Path(out_dir) / relative
     context = [load_visit(v) for v in volumes]
-    last = context[-1]
+    n_before = sum(v.days < target_days for v in volumes)
+    last = context[n_before - 1]
     grid = output_grid(
-        run.space, volumes[-1], patient.patient, last.affine, next(iter(last.images.values())).shape
+        run.space,
+        volumes[n_before - 1],
+        patient.patient,
+        last.affine,
+        next(iter(last.images.values())).shape,
     )
     pred = predictor.predict(context, target_days)
     visits = measured_visits(predictor, known, context, folder / "visits", run.space)
@@ -223,7 +229,7 @@ def predict_followup(
     _montage(folder, grid, last, list(pred.images), written)
     when = target_date(patient, target_days)
     days_ahead = target_days - last.days
-    kind = "future" if len(volumes) == len(patient.visits) else "reconstruction"
+    kind = "future" if n_before == len(volumes) else "reconstruction"
     row = {
         "patient": patient.patient,
         "last_visit_days": last.days,

@@ -74,7 +74,9 @@ def folder_name(patient: PatientSeries, target_days: float) -> str:
     return when.isoformat() if when is not None else f"day-{round(target_days)}"
 
 
-def context_before(patient: PatientSeries, target_days: float) -> list[VisitVolumes]:
-    """The visits before the target: every one for a future visit, those before a gap for a
-    reconstruction."""
-    return [v for v in patient.visits if v.days < target_days]
+def context_around(patient: PatientSeries, target_days: float) -> list[VisitVolumes]:
+    """The context of a target: every visit before it, and for a reconstruction (a date
+    between two visits) the next visit after it too, so the gap is filled from both sides."""
+    before = [v for v in patient.visits if v.days < target_days]
+    after = [v for v in patient.visits if v.days > target_days]
+    return before + after[:1]
