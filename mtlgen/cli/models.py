@@ -258,8 +258,7 @@ def predict(
 
     Without --patient: every patient's visit --days-ahead after its last one, and
     <out>/predictions.tsv. With --patient ID [--at YYYY-MM-DD|+DAYS]: that patient's visit at
-    that date (the context is the visits before it, and the next one for a date between two
-    visits). Writes
+    that date (the visits before it, and the next one for a date between two). Writes
     <out>/<pseudonym>/<YYYY-MM-DD>/ (day-<N>, days since baseline, when the registry has no
     dates): <contrast>.nii.gz (a generative model's sample mean), <contrast>_std.nii.gz (with
     samples), label.nii.gz, lesion_prob.nii.gz (when the model gives it), montage.png and
