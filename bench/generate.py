@@ -125,14 +125,16 @@ def report(rows: list[dict], title: str) -> None:
 def reliability_table(rows: list[dict]) -> None:
     from mtlgen.evaluate.reliability import reliability
 
-    table = reliability(
-        [
-            {"predictor": "g", "kind": r["kind"], "status_true": r["status"], "growth_prob": p}
-            for r in rows
-            for p in [r["p_growth"]]
-        ],
-        ["g"],
-    ).get("g")
+    scored = [
+        {
+            "predictor": "g",
+            "kind": r["kind"],
+            "status_true": r["status"],
+            "growth_prob": r["p_growth"],
+        }
+        for r in rows
+    ]
+    table = reliability(scored, ["g"]).get("g")
     if table is None:
         return
     print("\nreliability of P(progressive), all seeds pooled:")

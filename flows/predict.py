@@ -33,7 +33,6 @@ from mtlgen.orchestration.followup import (
 )
 
 ARTIFACT_KEY = "follow-up-predictions"
-_NOT_MEANS = {"label.nii.gz", "lesion_prob.nii.gz"}  # the other files are contrasts and stds
 
 
 def select_follow_ups(
@@ -58,19 +57,15 @@ def predict_task(predictor, series: PatientSeries, follow_up: FollowUp, out_root
     """Predict one patient's follow-up; return its summary row and PNG thumbnails (base64) of
     the predicted mean and, when the model gives samples, their standard deviation."""
     from mtlgen.inference.followup import predict_followup
+    from mtlgen.inference.outputs import image_files, std_file
     from mtlgen.orchestration.thumbnail import thumbnail_png
 
     row = predict_followup(predictor, series, follow_up.target_days, out_root, run)
     folder = Path(out_root) / row["folder"]
     label = folder / "label.nii.gz"
-    means = [
-        p
-        for p in sorted(folder.glob("*.nii.gz"))
-        if p.name not in _NOT_MEANS and not p.name.endswith("_std.nii.gz")
-    ]
     thumbnails = {"thumbnail": "", "thumbnail_std": ""}
-    for image in means[:1]:
-        std = image.with_name(image.name.replace(".nii.gz", "_std.nii.gz"))
+    for image in image_files(folder)[:1]:
+        std = std_file(image)
         thumbnails["thumbnail"] = base64.b64encode(thumbnail_png(image, label)).decode()
         if std.is_file():
             thumbnails["thumbnail_std"] = base64.b64encode(thumbnail_png(std, label)).decode()

@@ -23,20 +23,19 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from mtlgen.clock import stamp_now
 from mtlgen.config import Params
 from mtlgen.ids import check_token
 from mtlgen.inference.intervals import VolumeCalibration
 from mtlgen.inference.montage import write_montage
-from mtlgen.inference.outputs import OutputGrid, Space, output_grid, write_prediction
+from mtlgen.inference.outputs import STD, OutputGrid, Space, output_grid, write_prediction
 from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.inference.target import check_target, context_around, folder_name, target_date
 from mtlgen.io.atomic import write_text_atomic
@@ -70,20 +69,6 @@ class RunInfo:
         resolved = params.model_dump_json().encode()
         digest = hashlib.sha256(resolved).hexdigest()
         return cls(dict(model), params.predict.space, digest, data_version)
-
-
-def generated_at() -> str:
-    """UTC now in ISO form; ``SOURCE_DATE_EPOCH`` (whole seconds) pins it for reproducible
-    outputs."""
-    pinned = os.environ.get("SOURCE_DATE_EPOCH")
-    if pinned is None:
-        return datetime.now(timezone.utc).isoformat(timespec="seconds")
-    try:
-        return datetime.fromtimestamp(int(pinned), timezone.utc).isoformat(timespec="seconds")
-    except ValueError:
-        raise ValueError(
-            f"SOURCE_DATE_EPOCH={pinned!r}: expected whole seconds since 1970-01-01"
-        ) from None
 
 
 def sampling(predictor: Predictor) -> dict[str, object]:
@@ -190,8 +175,8 @@ def _montage(
         if contrast in last.images:
             rows[contrast]["last visit"] = grid.image(last.images[contrast])
         rows[contrast]["predicted mean"] = written[contrast]
-        if f"{contrast}_std" in written:
-            rows[contrast]["std"] = written[f"{contrast}_std"]
+        if f"{contrast}{STD}" in written:
+            rows[contrast]["std"] = written[f"{contrast}{STD}"]
     if rows:
         write_montage(folder / "montage.png", rows, written["label"], grid.target.affine)
 
@@ -249,7 +234,7 @@ def predict_followup(
         "data_version": None if run.data_version is None else dict(run.data_version),
         "params_sha256": run.params_sha256,
         **sampling(predictor),
-        "generated_at": generated_at(),
+        "generated_at": stamp_now().isoformat(timespec="seconds"),
         "volume_samples_ml": _samples_summary(pred),
         "status_probs": pred.status_probs,
         "files": sorted([*(f"{name}.nii.gz" for name in written), "montage.png"]),

@@ -17,8 +17,8 @@ sample's status (the volumetric rule against the reference volume) the status pr
 size, residual scale, schedule length, sampler, steps, samples, seed) and the ``centre`` and
 ``spread`` fitted on the validation patients: the samples' mean residual is scaled by the first
 (0 would keep the deterministic forecast as the mean image), their deviations from it by the
-second. A
-checkpoint folder holds its base model in ``base/`` (``load_generative_predictor``).
+second. A checkpoint folder holds its base model in ``base/``
+(``mtlgen.inference.model.load_predictor`` loads both).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from mtlgen.preprocess.native import image_to_source, label_to_source, prob_to_s
 
 Space = Literal["native", "model"]
 SPACES = ("native", "model")
+STD = "_std"  # <contrast>_std.nii.gz: the samples' voxel-wise standard deviation
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,22 @@ def output_grid(
     return OutputGrid("native", Grid(shape, affine), model.affine, to_baseline)
 
 
+def std_file(image: Path) -> Path:
+    """The ``<contrast>_std.nii.gz`` beside a predicted ``<contrast>.nii.gz``."""
+    return image.with_name(image.name.removesuffix(".nii.gz") + f"{STD}.nii.gz")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The predicted image (sample mean) per contrast that ``write_prediction`` wrote into
+    ``folder``, by name."""
+    return [
+        path
+        for path in sorted(Path(folder).glob("*.nii.gz"))
+        if path.name not in {"label.nii.gz", "lesion_prob.nii.gz"}
+        and not path.name.endswith(f"{STD}.nii.gz")
+    ]
+
+
 def write_prediction(pred: Prediction, grid: OutputGrid, folder: Path) -> dict[str, np.ndarray]:
     """Write ``pred``'s volumes on ``grid`` into ``folder`` as ``<name>.nii.gz``; return
     name -> the volume written."""
@@ -76,7 +93,7 @@ def write_prediction(pred: Prediction, grid: OutputGrid, folder: Path) -> dict[s
         volumes[name] = grid.image(image)
         if pred.samples is not None and contrast in pred.samples:
             std = np.asarray(pred.samples[contrast], dtype=np.float32).std(axis=0)
-            volumes[f"{name}_std"] = grid.image(std)
+            volumes[f"{name}{STD}"] = grid.image(std)
     volumes["label"] = grid.label(pred.label)
     if pred.lesion_prob is not None:
         volumes["lesion_prob"] = grid.prob(pred.lesion_prob)

@@ -11,8 +11,7 @@ version, and the old row is kept with status ``superseded``.
 
 from __future__ import annotations
 
-import os
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 
 from sqlalchemy import (
     Date,
@@ -26,22 +25,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from mtlgen.clock import stamp_now
+
 CURRENT, SUPERSEDED = "current", "superseded"
 NEEDS_REVIEW, ACCEPTED, REJECTED = "needs_review", "accepted", "rejected"
 
 
 def _now() -> datetime:
-    """The time a row is written; ``SOURCE_DATE_EPOCH`` (seconds, the reproducible-builds
-    convention) pins it, so that two registrations of the same input dump identically."""
-    pinned = os.environ.get("SOURCE_DATE_EPOCH")
-    if pinned is None:
-        return datetime.now(timezone.utc)
-    try:
-        return datetime.fromtimestamp(int(pinned), timezone.utc)
-    except ValueError:
-        raise ValueError(
-            f"SOURCE_DATE_EPOCH={pinned!r}: expected whole seconds since 1970-01-01"
-        ) from None
+    """The time a row is written (``stamp_now``: pinned by ``SOURCE_DATE_EPOCH``, so that two
+    registrations of the same input dump identically)."""
+    return stamp_now()
 
 
 class Base(DeclarativeBase):

@@ -17,6 +17,7 @@ import numpy as np
 
 from mtlgen.config import Params
 from mtlgen.inference.followup import RunInfo, measured_visits, predict_followup
+from mtlgen.inference.outputs import image_files
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.orchestration.followup import next_visit_due
@@ -187,9 +188,7 @@ def _predict(
                 arrays.outlines[v["visit"]] = np.asarray(seg.dataobj, np.uint8)
         arrays.predicted_images = {  # every contrast of the context, also one the last lacks
             path.name.removesuffix(".nii.gz"): np.asarray(nib.load(path).dataobj, np.float32)
-            for path in folder.glob("*.nii.gz")
-            if path.name not in {"label.nii.gz", "lesion_prob.nii.gz"}
-            and not path.name.endswith("_std.nii.gz")
+            for path in image_files(folder)
         }
         arrays.predicted_label = np.asarray(nib.load(folder / "label.nii.gz").dataobj, np.uint8)
     return record, record["visits"]
