@@ -47,7 +47,7 @@ def _cases(series, split, params):
 
     for patient in select_series(series, split.test, "test"):
         visits = [load_visit(v) for v in patient.visits]
-        for context_idx, j in generator_specs(patient, params.data.max_context, True, True):
+        for context_idx, j in generator_specs(patient, params.data.max_context, True):
             kind = "future" if max(context_idx) < j else "reconstruction"
             yield patient.patient, kind, [visits[i] for i in context_idx], visits[j]
 

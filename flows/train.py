@@ -113,15 +113,20 @@ def promote_task(
     candidate_version: str,
     champion: str,
     model_name: str | None = None,
+    generator: bool = False,
 ) -> dict:
-    """Apply the promotion rule to the candidate of ``model_name`` (after recording the
-    champion's numbers on the same split, so both sides are compared on equal terms)."""
+    """Apply the promotion rule (the ``generator``'s own with that flag) to the candidate of
+    ``model_name`` (after recording the champion's numbers on the same split, so both sides are
+    compared on equal terms)."""
     from mtlgen.track.promotion import promote_evaluated
 
     params = load_params(params_file, overrides)
+    metrics_path = Path(metrics)
     if champion and champion != candidate_version:
-        promote_evaluated(params, Path(metrics), "champion", champion, model_name)
-    decision = promote_evaluated(params, Path(metrics), "candidate", candidate_version, model_name)
+        promote_evaluated(params, metrics_path, "champion", champion, model_name, generator)
+    decision = promote_evaluated(
+        params, metrics_path, "candidate", candidate_version, model_name, generator
+    )
     return decision.to_dict()
 
 
@@ -163,6 +168,7 @@ def _generator(params_file: str, overrides: list[str]) -> dict:
         trained["version"],
         evaluated["champion"],
         name,
+        generator=True,
     )
     _promotion_artifact(decision)
     return {**trained, "metrics": evaluated["metrics"], "promoted": decision["promoted"]}

@@ -151,7 +151,7 @@ def test_metrics_json_has_stable_keys(evaluation):
         expected["unlabelled"] += sum(v.label is not None for v in series.visits)
     assert on_disk["meta"]["cases"] == expected
     assert on_disk["meta"]["test_patients"] == [s.patient for s in chosen]
-    assert primary_scores(on_disk, "copy_last", cfg) == {
+    assert primary_scores(on_disk, "copy_last", [m.metric for m in cfg.primary_metrics]) == {
         "future.dice_lesion": on_disk["results"]["copy_last"]["future"]["dice_lesion"]["mean"],
         "future.volume_abs_error_ml": on_disk["results"]["copy_last"]["future"][
             "volume_abs_error_ml"

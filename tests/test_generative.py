@@ -14,15 +14,18 @@ import torch
 from mtlgen.config import Params
 from mtlgen.generative.crops import lesion_box
 from mtlgen.generative.crps import ensemble_crps
+from mtlgen.generative.labels import labels_from_residuals
 from mtlgen.generative.network import ResidualDenoiser
 from mtlgen.generative.objective import denoising_loss
 from mtlgen.generative.pipeline import ResidualDiffusionPipeline
 from mtlgen.generative.schedulers import sampling_scheduler, training_scheduler
-from mtlgen.inference.baselines import CopyLast
+from mtlgen.generative.volumes import VolumeSpread, couple, resize_core
+from mtlgen.inference.baselines import CopyLast, make_baseline
 from mtlgen.inference.generative import (
     GenerativePredictor,
     GeneratorSettings,
     conditioning,
+    forecast_label,
     load_generator,
     residual_target,
 )
@@ -125,9 +128,20 @@ def test_conditioning_and_residual_channels(tiny_series):
     assert not cond[13].any()
     assert np.array_equal(cond[6] + 2 * cond[7], forecast.label[box])
     residual, valid = residual_target(target, forecast, ("T1w", "FLAIR"), box, 0.1)
-    assert valid.tolist() == [True, False] and not residual[1].any()
+    assert valid.tolist() == [True, False, True, True] and not residual[1].any()
     expected = (target.images["T1w"][box] - forecast.images["T1w"][box]) / 0.1
     assert np.allclose(residual[0], expected)
+    assert set(np.unique(residual[2:])) <= {-1.0, 0.0, 1.0}  # one-hot truth - forecast
+    assert np.array_equal(forecast_label(cond, 2), forecast.label[box])
+    drawn = labels_from_residuals(forecast_label(cond, 2), residual[None, 2:])
+    assert np.array_equal(drawn[0], target.label[box])  # the truth's residual gives the truth
+    unlabelled = replace(target, label=None)
+    assert residual_target(unlabelled, forecast, ("T1w", "FLAIR"), box, 0.1)[1].tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
     # a reconstruction of visit 1 between visits 0 and 2: the next visit fills its channels
     around = [visits[0], visits[2]]
     gap_fill = CopyLast().predict(around, visits[1].days)
@@ -137,12 +151,70 @@ def test_conditioning_and_residual_channels(tiny_series):
     assert np.all(cond[13] == pytest.approx((visits[2].days - visits[1].days) / 365.25))
 
 
+def test_labels_from_residuals_threshold_each_class_and_core_wins():
+    forecast = np.array([[[0, 1, 2, 2]]], np.uint8)
+    grow = np.zeros((1, 2, 1, 1, 4), np.float32)
+    grow[0, 0, ..., 0] = 0.7  # core appears at an empty voxel
+    grow[0, 1, ..., 1] = 0.9  # edema drawn where core stays: core wins
+    grow[0, 1, ..., 3] = -0.6  # edema removed
+    assert labels_from_residuals(forecast, grow)[0].tolist() == [[[1, 1, 2, 0]]]
+    with pytest.raises(ValueError, match=r"expected \[n, 2"):
+        labels_from_residuals(forecast, grow[:, :1])
+
+
+def test_a_generator_without_label_channels_no_longer_loads(tmp_path):
+    """A checkpoint from before the label channels is refused with the reason, so the
+    promotion rule replaces such a champion instead of serving it."""
+    from mtlgen.track.versions import checkpoint_problem
+
+    tiny_denoiser(out_channels=2).save_pretrained(tmp_path)
+    GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 100, "ddim", 2, volumes={}).save(tmp_path)
+    with pytest.raises(ValueError, match="draws 2 channels: expected 4"):
+        load_generator(tmp_path)
+    assert "retrain the generator" in checkpoint_problem(tmp_path)
+
+
+def test_calibrated_volumes_are_the_error_quantiles_in_the_order_of_the_draws():
+    """Ensemble copula coupling: the samples' cores take the validation error quantiles
+    (evenly spaced levels, so the samples' percentiles are the distribution's), the largest
+    drawn core the largest; each core is grown or shrunk along its distance, keeping a ball."""
+    errors = [("future:1", r) for r in np.linspace(-1.0, 1.0, 11)] + [("future:2+", 0.0)] * 5
+    spread = VolumeSpread.fit(errors, min_days=365.25)
+    assert spread.cases == {"all": 16, "future": 16, "future:1": 11, "future:2+": 5}
+    assert spread.levels_for("reconstruction:1").tolist() == spread.quantiles["all"]
+    targets = spread.targets("future:1", 100.0, horizon_years=0.5, n=5)  # horizon counted 1 y
+    expected = np.expm1(np.log1p(100.0) + np.array([-1.0, -0.5, 0.0, 0.5, 1.0])).round()
+    assert np.allclose(targets, expected)
+    assert np.percentile(targets, 50) == 100.0
+    assert spread.targets("future:2+", 100.0, 2.0, 3).tolist() == [100.0] * 3
+    with pytest.raises(ValueError, match="at least 5"):
+        VolumeSpread.fit(errors[:3], 30.0)
+    z, y, x = np.mgrid[:20, :20, :20]
+    ball = ((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2 <= 16).astype(np.uint8)  # core
+    ball[((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2 > 9) & (ball == 1)] = 2  # edema rim
+    core = int((ball == 1).sum())
+    grown, shrunk = resize_core(ball, core + 40), resize_core(ball, core - 20)
+    assert (grown == 1).sum() == core + 40 and (shrunk == 1).sum() == core - 20
+    assert ((shrunk == 2) | (shrunk == 1)).sum() == (ball > 0).sum()  # lost core is edema
+    assert (grown[ball == 1] == 1).all()  # grown around the old core
+    draws = np.stack([resize_core(ball, core + d) for d in (10, -10, 0)])
+    coupled = couple(draws, np.array([5.0, 50.0, 20.0]))
+    assert (coupled == 1).sum(axis=(1, 2, 3)).tolist() == [50, 5, 20]
+
+
 def test_generative_predictor_keeps_the_forecast_outside_the_cube(tiny_series):
     visits = [load_visit(v) for v in tiny_series[1].visits[:2]]
     settings = GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 100, "ddim", 2, spread=1.5)
-    predictor = GenerativePredictor(CopyLast(), tiny_denoiser(), settings, n_samples=3, seed=4)
+    base_model = make_baseline("linear", 0.25, 0.25)
+    with pytest.raises(ValueError, match=r"expected 4 .*retrain"):
+        GenerativePredictor(base_model, tiny_denoiser(), settings)
+    with pytest.raises(ValueError, match="no calibrated volumes"):
+        GenerativePredictor(base_model, tiny_denoiser(out_channels=4), settings)
+    volumes = VolumeSpread.fit([("future:1", r) for r in (-2.0, -1.0, 0.0, 1.0, 2.0)], 30.0)
+    settings = replace(settings, volumes=volumes.to_dict())
+    predictor = GenerativePredictor(base_model, tiny_denoiser(out_channels=4), settings, 3, 4)
     pred = predictor.predict(visits[:1], visits[1].days)
-    base = CopyLast().predict(visits[:1], visits[1].days)
+    base = base_model.predict(visits[:1], visits[1].days)
     box, _ = conditioning(visits[:1], base, visits[1].days, settings.contrasts, 8)
     outside = np.ones(base.label.shape, bool)
     outside[box] = False
@@ -151,6 +223,12 @@ def test_generative_predictor_keeps_the_forecast_outside_the_cube(tiny_series):
         assert np.array_equal(pred.images[c], stack.mean(axis=0))
         assert np.array_equal(stack[:, outside], np.repeat(base.images[c][None], 3, 0)[:, outside])
         assert stack[:, ~outside].std(axis=0).mean() > 0
+    # each sample's own label: the forecast outside the cube, drawn inside; summed up
+    assert np.array_equal(pred.label, base.label) and pred.status == base.status
+    assert np.array_equal(pred.lesion_prob[outside], (base.label[outside] > 0).astype(np.float32))
+    assert set(np.unique(pred.lesion_prob * 3).round(4)) <= {0.0, 1.0, 2.0, 3.0}
+    assert pred.volume_samples_ml.shape == (3,) and sum(pred.status_probs.values()) == 1.0
+    assert len(set(pred.volume_samples_ml.round(4))) == 3  # the calibrated spread: all differ
     again = predictor.predict(visits[:1], visits[1].days)
     assert all(np.array_equal(again.samples[c], pred.samples[c]) for c in pred.samples)
     current = predictor.predict(visits[:2], visits[1].days)  # a context visit: no draws
@@ -172,9 +250,9 @@ GENERATIVE = {
 
 
 def test_train_generator_is_deterministic_resumable_and_reloads(tiny_series, tmp_path):
-    specs = forecast_specs(tiny_series[0], 3, every_context=True)
+    specs = forecast_specs(tiny_series[0], 3)
     assert specs[:3] == [((0,), 1), ((1,), 2), ((0, 1), 2)]
-    gap_fillers = generator_specs(tiny_series[0], 3, True, True)[len(specs) :]
+    gap_fillers = generator_specs(tiny_series[0], 3, True)[len(specs) :]
     assert gap_fillers and all(max(context) > target for context, target in gap_fillers)
     params = Params.model_validate({"seed": 3, "generative": GENERATIVE})
     args = (CopyLast(), ("T1w", "FLAIR"), tiny_series[:2], tiny_series[2:3])
@@ -184,6 +262,8 @@ def test_train_generator_is_deterministic_resumable_and_reloads(tiny_series, tmp
         assert result.checkpoint_dir == tmp_path / name / "best" and result.epochs_run == 2
         runs.append(load_generator(result.checkpoint_dir))
         assert result.settings.spread in (0.5, 1.0) and runs[-1][1] == result.settings
+        spread = VolumeSpread(**result.settings.volumes)
+        assert spread.cases["all"] >= 5 and len(spread.quantiles["all"]) == 21
         assert (result.settings.n_samples, result.settings.seed) == (2, 3)
     # interrupted after one epoch, then resumed: the same generator as an uninterrupted run
     one = Params.model_validate({"seed": 3, "generative": {**GENERATIVE, "epochs": 1}})
@@ -209,8 +289,8 @@ def test_train_generator_is_deterministic_resumable_and_reloads(tiny_series, tmp
 
 def test_a_generator_checkpoint_carries_its_base_and_summarises_its_samples(tiny_series, tmp_path):
     """``train.task: generative`` on a multi-task base: the checkpoint holds the base, loads as
-    one predictor, and each sample is segmented into lesion probability, volumes and status
-    probabilities; the pyfunc flavour draws residuals from a conditioning."""
+    one predictor, and each sample's drawn label is summed up into lesion probability, volumes
+    and status probabilities; the pyfunc flavour draws residuals from a conditioning."""
     from mtlgen.data.splits import Split
     from mtlgen.inference.model import load_predictor
     from mtlgen.models.mtl_net import MultiTaskNet
@@ -251,7 +331,7 @@ def test_a_generator_checkpoint_carries_its_base_and_summarises_its_samples(tiny
     draws = _load_pyfunc(str(result.checkpoint_dir)).predict(
         {"cond": np.zeros((14, 8, 8, 8), np.float32)}, {"n_samples": 2, "seed": 1}
     )
-    assert draws.shape == (2, 2, 8, 8, 8)
+    assert draws.shape == (2, 4, 8, 8, 8)  # two image residuals, two label residuals
 
 
 def test_sample_scores_and_the_reliability_of_growth(tiny_series):

@@ -125,15 +125,15 @@ def test_a_generative_predictor_writes_std_maps_and_its_sampling_settings(tmp_pa
 
     from flows.predict import _markdown, predict_task
     from mtlgen.generative.network import ResidualDenoiser
+    from mtlgen.generative.volumes import VolumeSpread
     from mtlgen.inference.generative import GenerativePredictor, GeneratorSettings
     from mtlgen.orchestration.followup import FollowUp
 
     torch.manual_seed(0)
-    denoiser = ResidualDenoiser(2, 14, channels=(8, 8), norm_num_groups=8)
-    settings = GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 100, "ddim", 2)
-    predictor = GenerativePredictor(
-        make_baseline("copy_last", 0.25, 0.25), denoiser, settings, 3, 4
-    )
+    denoiser = ResidualDenoiser(4, 14, channels=(8, 8), norm_num_groups=8)
+    volumes = VolumeSpread.fit([("future:1", r) for r in range(5)], 30.0).to_dict()
+    settings = GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 100, "ddim", 2, volumes=volumes)
+    predictor = GenerativePredictor(make_baseline("linear", 0.25, 0.25), denoiser, settings, 3, 4)
     series = tiny_series[0]
     target = series.visits[-1].days + 60
     follow_up = FollowUp(series.patient, date(2024, 1, 1), date(2024, 3, 1), target)

@@ -97,8 +97,27 @@ def test_equal_models_do_not_flip_worse_is_refused_better_is_promoted():
 
 def test_default_margins_cover_every_primary_metric():
     cfg = Params().evaluate
-    assert all(m.margin > 0 for m in cfg.primary_metrics)
+    assert all(m.margin > 0 for m in cfg.primary_metrics + cfg.generative_metrics)
     assert set(Rule.from_params(Params()).margins) == {m.metric for m in cfg.primary_metrics}
+    generator = Rule.from_params(Params(), generator=True)
+    assert set(generator.primary) == {"future.image_crps_near", "future.growth_brier"}
+    assert all(generator.min_gains[m] > 0 for m in generator.primary)
+
+
+def test_a_negligible_systematic_gain_is_not_better():
+    """A candidate better on every case by 0.002 Dice is better beyond noise, but not by the
+    least gain that counts (0.01): it stays non-inferior and is not promoted."""
+    champion = model(1)
+    nudged = [
+        {**r, "dice_lesion": r["dice_lesion"] + 0.002} if r["kind"] == "future" else r
+        for r in champion
+    ]
+    rule = Rule({"future.dice_lesion": "max"}, {"future.dice_lesion": 0.02}, 0.95, 1000)
+    (row,) = compare(means(nudged), means(champion), rule, nudged, champion)
+    assert row.ok and row.better and row.low > 0
+    strict = Rule(rule.primary, rule.margins, 0.95, 1000, {"future.dice_lesion": 0.01})
+    (row,) = compare(means(nudged), means(champion), strict, nudged, champion)
+    assert row.ok and not row.better
 
 
 def test_promote_records_cases_and_judges_the_next_candidate_on_them(tmp_path):

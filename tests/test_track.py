@@ -417,6 +417,7 @@ def test_predict_uses_the_generators_version_when_registered(tmp_path) -> None:
     generator (a whole checkpoint: its base inside) once it has the requested alias."""
     from mtlgen.config import Params
     from mtlgen.generative.network import ResidualDenoiser
+    from mtlgen.generative.volumes import VolumeSpread
     from mtlgen.inference.generative import GenerativePredictor, GeneratorSettings
     from mtlgen.inference.model import load_predictor
     from mtlgen.track.versions import download_forecaster
@@ -435,8 +436,9 @@ def test_predict_uses_the_generators_version_when_registered(tmp_path) -> None:
     folder, source = download_forecaster(params, tmp_path / "a")
     assert source == {"model_name": "fc", "version": "1", "requested": "candidate"}
     gen = tmp_path / "gen"
-    ResidualDenoiser(2, 14, channels=(8, 8)).save_pretrained(gen)
-    GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 50, "ddim", 2, n_samples=3).save(gen)
+    ResidualDenoiser(4, 14, channels=(8, 8)).save_pretrained(gen)
+    volumes = VolumeSpread.fit([("future:1", r) for r in range(5)], 30.0).to_dict()
+    GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 50, "ddim", 2, 3, volumes=volumes).save(gen)
     make_checkpoint(gen / "base", 0)
     with tracked_run(store, "train-generative"):
         register_checkpoint(gen, "fc-generative")

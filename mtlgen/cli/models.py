@@ -136,13 +136,15 @@ def promote(
     """Apply the promotion rule: the evaluated model becomes `champion` only if, on the same test
     split, it is non-inferior to the current champion on every evaluate.primary_metrics (worse by
     less than the metric's margin, by a paired bootstrap over the test cases at
-    evaluate.promotion_confidence) and better on at least one.
+    evaluate.promotion_confidence) and better on at least one by more than its min_gain. A
+    generator checkpoint is judged by evaluate.generative_metrics instead.
 
     The decision and both sides' numbers are logged (MLflow run `promote-...`, tags on the model
     version). Exit status 0 either way; 2 on bad input.
     """
     import json
 
+    from mtlgen.inference.generative import is_generator
     from mtlgen.io.atomic import write_text_atomic
     from mtlgen.track.promotion import promote_evaluated
     from mtlgen.track.run import TrackingUnavailable
@@ -151,10 +153,11 @@ def promote(
     cfg = config_from(ctx)
     path = metrics or cfg.evaluate.out_dir / "metrics.json"
     try:
-        registered = registered_version(checkpoint or cfg.train.out_dir / "best")
+        evaluated = checkpoint or cfg.train.out_dir / "best"
+        registered = registered_version(evaluated)
         ref = version or (registered["version"] if registered else "candidate")
         name = registered["model_name"] if registered else None
-        decision = promote_evaluated(cfg, path, predictor, ref, name)
+        decision = promote_evaluated(cfg, path, predictor, ref, name, is_generator(evaluated))
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc.filename}: not found (run `mtlgen evaluate` first)", err=True)
         raise typer.Exit(2) from None

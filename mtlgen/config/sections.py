@@ -91,13 +91,15 @@ class PreprocessConfig(Section):
 
 
 class PrimaryMetric(Section):
-    """A metric that decides whether a model is better: ``<kind>.<metric>``, its direction, and
-    the non-inferiority ``margin`` (metric units): a candidate worse by less than this, with the
-    promotion's confidence, counts as no worse."""
+    """A metric that decides whether a model is better: ``<kind>.<metric>``, its direction, the
+    non-inferiority ``margin`` (metric units): a candidate worse by less than this, with the
+    promotion's confidence, counts as no worse; and ``min_gain``, the least improvement that
+    counts as better (a systematic difference of no practical size decides nothing)."""
 
     metric: str = Field(pattern=r"^(future|reconstruction)\.[a-z0-9_]+$")
     direction: Literal["max", "min"]
     margin: float = Field(0.0, ge=0)
+    min_gain: float = Field(0.0, ge=0)
 
 
 class EvaluateConfig(Section):
@@ -119,6 +121,17 @@ class EvaluateConfig(Section):
             PrimaryMetric(metric="future.dice_lesion", direction="max", margin=0.02),
             PrimaryMetric(metric="future.volume_abs_error_ml", direction="min", margin=0.25),
             PrimaryMetric(metric="future.image_mae_change", direction="min", margin=0.005),
+        ],
+        min_length=1,
+    )
+    generative_metrics: list[PrimaryMetric] = Field(  # the generator's rule: its own outputs
+        default_factory=lambda: [
+            PrimaryMetric(
+                metric="future.image_crps_near", direction="min", margin=0.002, min_gain=0.001
+            ),
+            PrimaryMetric(
+                metric="future.growth_brier", direction="min", margin=0.02, min_gain=0.01
+            ),
         ],
         min_length=1,
     )
@@ -237,7 +250,7 @@ class GenerativeConfig(Section):
     spread_grid: list[float] = Field(
         default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0], min_length=1
     )
-    spread_cases: int = Field(16, ge=1)
+    spread_cases: int = Field(32, ge=1)
 
 
 FlowName = Literal["register", "train", "predict", "pipeline"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from mtlgen.config import EvaluateConfig
 from mtlgen.evaluate.cases import KINDS
 from mtlgen.evaluate.metrics import status_scores
 from mtlgen.evaluate.scores import CASE_METRICS, METRICS
@@ -111,11 +110,13 @@ def seed_groups(results: dict) -> dict:
     return groups
 
 
-def primary_scores(metrics: dict, predictor: str, cfg: EvaluateConfig) -> dict[str, float | None]:
-    """The configured primary metrics' means for ``predictor`` (``kind.metric`` -> value)."""
+def primary_scores(
+    metrics: dict, predictor: str, primary: Iterable[str]
+) -> dict[str, float | None]:
+    """The ``primary`` metrics' means for ``predictor`` (``kind.metric`` -> value)."""
     scores = {}
-    for primary in cfg.primary_metrics:
-        kind, metric = primary.metric.split(".", 1)
+    for name in primary:
+        kind, metric = name.split(".", 1)
         entry = metrics["results"].get(predictor, {}).get(kind, {}).get(metric)
-        scores[primary.metric] = None if entry is None else entry["mean"]
+        scores[name] = None if entry is None else entry["mean"]
     return scores

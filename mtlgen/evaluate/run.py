@@ -73,9 +73,12 @@ def _check_settings(predictors: Sequence[Predictor], cfg: EvaluateConfig) -> lis
     names = [check_token(p.name, "predictor name") for p in predictors]
     if len(set(names)) != len(names):
         raise ValueError(f"predictor names must be unique, got {names}")
-    unknown = [m.metric for m in cfg.primary_metrics if m.metric.split(".", 1)[1] not in METRICS]
-    if unknown:
-        raise ValueError(f"evaluate.primary_metrics: unknown {unknown}; expected {list(METRICS)}")
+    for field in ("primary_metrics", "generative_metrics"):
+        unknown = [
+            m.metric for m in getattr(cfg, field) if m.metric.split(".", 1)[1] not in METRICS
+        ]
+        if unknown:
+            raise ValueError(f"evaluate.{field}: unknown {unknown}; expected {list(METRICS)}")
     return names
 
 

@@ -8,17 +8,22 @@ edema (zeros without a label), the gap from the reference visit to the target an
 target to the next visit, in years (0 without one). A contrast the forecast lacks is zero in
 every image channel.
 
-Each sample is segmented by the base model's segmentation head (the sample as the target
-visit, after the context visits before it): the share of samples with lesion per voxel is the
-lesion-probability map, each sample's lesion-core volume gives the volume interval and each
-sample's status (the volumetric rule against the reference volume) the status probabilities.
+The residual is drawn jointly for the images and the label (``mtlgen.generative.labels``: the
+one-hot core and edema of the truth minus the forecast's), so each sample carries its own mask;
+its core is then grown or shrunk to a calibrated volume (``mtlgen.generative.volumes``: the
+validation patients' error quantiles, assigned in the order of the drawn volumes). The share
+of samples with lesion per voxel is the lesion-probability map, each sample's lesion-core
+volume gives the volume interval and each sample's status (the base's volumetric rule against
+the reference volume) the status probabilities. Outside the cube every sample
+keeps the forecast's image and label.
 
 ``generative.json`` beside the denoiser's weights records how it was trained (contrasts, cube
 size, residual scale, schedule length, sampler, steps, samples, seed) and the ``centre`` and
-``spread`` fitted on the validation patients: the samples' mean residual is scaled by the first
-(0 would keep the deterministic forecast as the mean image), their deviations from it by the
-second. A checkpoint folder holds its base model in ``base/``
-(``mtlgen.inference.model.load_predictor`` loads both).
+``spread`` fitted on the validation patients: the samples' mean image residual is scaled by the
+first (0 would keep the deterministic forecast as the mean image), their deviations from it by
+the second; ``volumes`` holds the validation patients' volume-error quantiles the samples' core
+volumes are set to (``mtlgen.generative.volumes``). A checkpoint folder holds its base model
+in ``base/`` (``mtlgen.inference.model.load_predictor`` loads both).
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ import numpy as np
 import torch
 
 from mtlgen.generative.crops import Box, lesion_box
+from mtlgen.generative.labels import CLASSES, label_residual, labels_from_residuals
 from mtlgen.generative.network import ResidualDenoiser
 from mtlgen.generative.pipeline import ResidualDiffusionPipeline
 from mtlgen.generative.schedulers import Sampler, training_scheduler
+from mtlgen.generative.volumes import VolumeSpread, couple, volume_group
 from mtlgen.inference.baselines import reference_visit
 from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.io.atomic import write_text_atomic
@@ -65,6 +72,7 @@ class GeneratorSettings:
     seed: int = 0
     centre: float = 1.0
     spread: float = 1.0
+    volumes: dict | None = None  # ``VolumeSpread.to_dict()`` fitted on validation patients
 
     def save(self, directory: Path) -> Path:
         return write_text_atomic(Path(directory) / SETTINGS, json.dumps(asdict(self), indent=2))
@@ -83,6 +91,17 @@ class GeneratorSettings:
 
 def cond_channels(contrasts: Sequence[str]) -> int:
     return 3 * len(contrasts) + 8
+
+
+def out_channels(contrasts: Sequence[str]) -> int:
+    """The drawn channels: an image residual per contrast, then the label residuals."""
+    return len(contrasts) + len(CLASSES)
+
+
+def forecast_label(cond: np.ndarray, n_contrasts: int) -> np.ndarray:
+    """The forecast's label on the cube, read back from its conditioning channels."""
+    core, edema = cond[3 * n_contrasts], cond[3 * n_contrasts + 1]
+    return np.where(core > 0.5, 1, np.where(edema > 0.5, 2, 0)).astype(np.uint8)
 
 
 def next_visit(context: Sequence[VisitArrays], target_days: float) -> VisitArrays | None:
@@ -127,23 +146,40 @@ def residual_target(
     box: Box,
     scale: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(residual ``[C, *cube]`` = (truth - forecast) / ``scale``, valid ``[C]``): a contrast
-    that the truth or the forecast lacks is zero and not valid."""
+    """(residual ``[C + 2, *cube]``, valid ``[C + 2]``): per contrast (truth - forecast) /
+    ``scale``, then the label residual (``label_residual``); a contrast or label that the truth
+    or the forecast lacks is zero and not valid."""
     crop = box[0].stop - box[0].start
-    residual = np.zeros((len(contrasts), crop, crop, crop), np.float32)
-    valid = np.zeros(len(contrasts), bool)
+    residual = np.zeros((out_channels(contrasts), crop, crop, crop), np.float32)
+    valid = np.zeros(out_channels(contrasts), bool)
     for i, c in enumerate(contrasts):
         if c in target.images and c in forecast.images:
             residual[i] = (target.images[c][box] - forecast.images[c][box]) / scale
             valid[i] = True
+    if target.label is not None and forecast.label is not None:
+        residual[len(contrasts) :] = label_residual(target.label[box], forecast.label[box])
+        valid[len(contrasts) :] = True
     return residual, valid
 
 
+def check_fits(denoiser: ResidualDenoiser, settings: GeneratorSettings) -> None:
+    """Refuse a denoiser that does not draw ``settings``' channels, or settings without the
+    calibrated volumes (both: a generator trained before them)."""
+    if denoiser.out_channels != out_channels(settings.contrasts):
+        raise ValueError(
+            f"denoiser draws {denoiser.out_channels} channels: expected "
+            f"{out_channels(settings.contrasts)} (images and labels); retrain the generator"
+        )
+    if settings.volumes is None:
+        raise ValueError("generator settings hold no calibrated volumes; retrain the generator")
+
+
 class GenerativePredictor:
-    """Samples follow-ups: ``base``'s forecast plus drawn residuals in the cube; ``images`` is
-    the samples' mean, ``samples`` every draw, and (when the base segments) each sample's
-    segmentation summed up (see module doc). Mask, volume and status are the base's point
-    forecast, which ``point_forecast`` answers alone (volume calibration needs nothing more)."""
+    """Samples follow-ups: ``base``'s forecast plus drawn image and label residuals in the
+    cube; ``images`` is the samples' mean, ``samples`` every draw, and each draw's label summed
+    up (see module doc). Mask, volume and status are the base's point forecast, which
+    ``point_forecast`` answers alone (volume calibration needs nothing more); the status rule
+    (``increase`` / ``decrease``) is the base's."""
 
     def __init__(
         self,
@@ -155,7 +191,9 @@ class GenerativePredictor:
         device: str = "cpu",
         name: str = "generative",
     ) -> None:
+        check_fits(denoiser, settings)
         self.base, self.settings = base, settings
+        self.volumes = VolumeSpread(**settings.volumes)
         self.n_samples = n_samples or settings.n_samples
         self.seed = settings.seed if seed is None else seed
         self.pipeline = ResidualDiffusionPipeline(
@@ -165,6 +203,7 @@ class GenerativePredictor:
             settings.steps,
         )
         self.segments = getattr(base, "segments", False)
+        self.increase, self.decrease = base.increase, base.decrease
         self.point_forecast = base
         self.calibration = getattr(base, "calibration", None)
         self.name = name
@@ -177,7 +216,10 @@ class GenerativePredictor:
         box, cond = conditioning(context, forecast, target_days, s.contrasts, s.crop)
         draws = self.pipeline(torch.from_numpy(cond), self.n_samples, self.seed).numpy()
         mean = draws.mean(axis=0)
-        draws = s.centre * mean + s.spread * (draws - mean)
+        n_images = len(s.contrasts)
+        draws[:, :n_images] = s.centre * mean[:n_images] + s.spread * (
+            draws[:, :n_images] - mean[:n_images]
+        )
         samples, images = {}, {}
         for i, c in enumerate(s.contrasts):
             if c not in forecast.images:
@@ -186,39 +228,42 @@ class GenerativePredictor:
             stack[(slice(None), *box)] += s.residual_scale * draws[:, i]
             samples[c], images[c] = stack, stack.mean(axis=0)
         pred = replace(forecast, images=images, samples=samples)
-        return self._segmented(pred, context, target_days) if self.segments else pred
-
-    def _segmented(
-        self, pred: Prediction, context: Sequence[VisitArrays], target_days: float
-    ) -> Prediction:
-        """``pred`` with each sample segmented by the base: lesion probability, volumes, status
-        probabilities."""
-        before = [v for v in context if v.days < target_days]
-        reference = reference_visit(context, target_days)
-        labels = np.stack(
-            [
-                self.base.predict(
-                    [
-                        *before,
-                        VisitArrays(
-                            "sample",
-                            target_days,
-                            {c: stack[k] for c, stack in pred.samples.items()},
-                            None,
-                            reference.affine,
-                        ),
-                    ],
-                    target_days,
-                ).label
-                for k in range(self.n_samples)
-            ]
+        if forecast.label is None:
+            return pred
+        labels = np.repeat(forecast.label[None], self.n_samples, axis=0)
+        labels[(slice(None), *box)] = self._calibrated(
+            forecast.label[box], draws[:, n_images:], context, target_days
         )
+        return self._summarised(pred, labels, context, target_days)
+
+    def _calibrated(
+        self,
+        forecast: np.ndarray,
+        residuals: np.ndarray,
+        context: Sequence[VisitArrays],
+        target_days: float,
+    ) -> np.ndarray:
+        """The drawn labels on the cube, their cores resized to the calibrated volumes."""
+        group = volume_group(next_visit(context, target_days) is not None, len(context))
+        horizon = min(abs(target_days - v.days) for v in context) / DAYS_PER_YEAR
+        core = float((forecast == 1).sum())
+        targets = self.volumes.targets(group, core, horizon, len(residuals))
+        return couple(labels_from_residuals(forecast, residuals), targets)
+
+    def _summarised(
+        self,
+        pred: Prediction,
+        labels: np.ndarray,
+        context: Sequence[VisitArrays],
+        target_days: float,
+    ) -> Prediction:
+        """``pred`` with the sample ``labels`` summed up: lesion probability, volumes, status
+        probabilities."""
+        reference = reference_visit(context, target_days)
         vox = voxel_volume_ml(reference.affine)
         volumes = np.array([lesion_volumes_ml(label, vox)[0] for label in labels])
         ref_ml = self._reference_ml(context, reference)
-        statuses = [
-            progression_status(ref_ml, v, self.base.increase, self.base.decrease) for v in volumes
-        ]
+        statuses = [progression_status(ref_ml, v, self.increase, self.decrease) for v in volumes]
         return replace(
             pred,
             lesion_prob=(labels > 0).mean(axis=0).astype(np.float32),
@@ -237,7 +282,9 @@ class GenerativePredictor:
 def load_generator(directory: Path) -> tuple[ResidualDenoiser, GeneratorSettings]:
     """The denoiser and its settings from a generator checkpoint folder."""
     denoiser = ResidualDenoiser.from_pretrained(directory)  # local
-    return denoiser, GeneratorSettings.load(directory)
+    settings = GeneratorSettings.load(directory)
+    check_fits(denoiser, settings)
+    return denoiser, settings
 
 
 def is_generator(directory: Path | str) -> bool:

@@ -3,7 +3,11 @@ non-inferior to the current champion on every primary metric and better on at le
 
 Each metric's difference is judged by a paired bootstrap over the test cases both models were
 scored on (``mtlgen.evaluate.paired``): non-inferior when the lower end of the interval of the
-candidate's improvement lies above minus the metric's margin, better when it lies above zero.
+candidate's improvement lies above minus the metric's margin, better when it lies above the
+metric's ``min_gain`` (0 by default; a generator retrained with the same settings differs from
+its champion systematically but by a negligible amount, and that must not count as better).
+The generator is judged on its own outputs (``evaluate.generative_metrics``: the CRPS of its
+samples near the lesion and the Brier score of its growth probability).
 Two models of equal quality therefore never replace each other back and forth, and a difference
 of noise size decides nothing. Without the champion's per-case scores (a version recorded before
 they were kept) the means are compared within the margins, and the reason says so.
@@ -45,22 +49,27 @@ CASES_ARTIFACT = "eval_cases.json"
 @dataclass(frozen=True)
 class Rule:
     """What "better" means: ``primary`` metric -> direction, each metric's non-inferiority
-    ``margins`` (metric units; 0 if absent) and the bootstrap's ``confidence`` and
-    ``resamples``."""
+    ``margins`` and least improvement that counts, ``min_gains`` (metric units; 0 if absent),
+    and the bootstrap's ``confidence`` and ``resamples``."""
 
     primary: Mapping[str, Direction]
     margins: Mapping[str, float] = field(default_factory=dict)
     confidence: float = 0.95
     resamples: int = 2000
+    min_gains: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_params(cls, params: Params) -> Rule:
+    def from_params(cls, params: Params, generator: bool = False) -> Rule:
+        """The multi-task models' rule (``evaluate.primary_metrics``), or the generator's
+        (``evaluate.generative_metrics``)."""
         cfg = params.evaluate
+        metrics = cfg.generative_metrics if generator else cfg.primary_metrics
         return cls(
-            {m.metric: m.direction for m in cfg.primary_metrics},
-            {m.metric: m.margin for m in cfg.primary_metrics},
+            {m.metric: m.direction for m in metrics},
+            {m.metric: m.margin for m in metrics},
             cfg.promotion_confidence,
             cfg.promotion_resamples,
+            {m.metric: m.min_gain for m in metrics},
         )
 
 
@@ -144,6 +153,7 @@ def compare(
     for name, direction in rule.primary.items():
         cand, champ = candidate[name], champion.get(name)
         margin = float(rule.margins.get(name, 0.0))
+        gain = float(rule.min_gains.get(name, 0.0))
         if champ is None:
             rows.append(Comparison(name, direction, cand, None, False, margin=margin))
             continue
@@ -158,12 +168,12 @@ def compare(
                 rule.resamples,
             )
             point, low, high, n = diff.improvement, diff.low, diff.high, diff.n
-            ok, better = low >= -margin, low > 0
+            ok, better = low >= -margin, low > gain
         else:
             point = cand - champ if direction == "max" else champ - cand
             low = high = None
             n = 0
-            ok, better = point >= -margin, point > margin
+            ok, better = point >= -margin, point > max(margin, gain)
         rows.append(
             Comparison(name, direction, cand, champ, ok, better, margin, point, low, high, n)
         )
@@ -344,18 +354,24 @@ def promote(
 
 
 def promote_evaluated(
-    params: Params, metrics_path: Path, predictor: str, ref: str, model_name: str | None = None
+    params: Params,
+    metrics_path: Path,
+    predictor: str,
+    ref: str,
+    model_name: str | None = None,
+    generator: bool = False,
 ) -> Decision:
-    """Apply the rule to version ``ref`` of ``model_name`` (default ``tracking.model_name``)
-    with what ``predictor`` scored in the evaluation at ``metrics_path`` (``metrics.json`` of
-    ``mtlgen evaluate``; its ``cases.tsv`` beside it gives the per-case scores), on that
-    evaluation's split."""
+    """Apply the rule (the ``generator``'s own with that flag) to version ``ref`` of
+    ``model_name`` (default ``tracking.model_name``) with what ``predictor`` scored in the
+    evaluation at ``metrics_path`` (``metrics.json`` of ``mtlgen evaluate``; its ``cases.tsv``
+    beside it gives the per-case scores), on that evaluation's split."""
     from mtlgen.evaluate.aggregate import primary_scores
     from mtlgen.evaluate.run import read_cases
 
     metrics_path = Path(metrics_path)
     evaluation = json.loads(metrics_path.read_text())
-    scores = primary_scores(evaluation, predictor, params.evaluate)
+    rule = Rule.from_params(params, generator)
+    scores = primary_scores(evaluation, predictor, rule.primary)
     cases = [
         r for r in read_cases(metrics_path.with_name("cases.tsv")) if r["predictor"] == predictor
     ]
@@ -363,6 +379,4 @@ def promote_evaluated(
     tracking = params.tracking
     if model_name is not None:
         tracking = tracking.model_copy(update={"model_name": model_name})
-    return promote(
-        tracking, scores, Rule.from_params(params), split_sha, ref, str(metrics_path), cases
-    )
+    return promote(tracking, scores, rule, split_sha, ref, str(metrics_path), cases)

@@ -40,8 +40,9 @@ class CheckpointModel:
 
 
 class GeneratorModel:
-    """Draws residual samples ``[n, C, *S]`` for one conditioning ``{"cond": [3C + 8, *S]}``
-    (``mtlgen.inference.generative.conditioning``); params ``n_samples`` and ``seed``."""
+    """Draws residual samples ``[n, C + 2, *S]`` (images, then labels) for one conditioning
+    ``{"cond": [3C + 8, *S]}`` (``mtlgen.inference.generative.conditioning``); params
+    ``n_samples`` and ``seed``."""
 
     def __init__(self, checkpoint_dir: Path | str) -> None:
         denoiser, self.settings = load_generator(Path(checkpoint_dir))

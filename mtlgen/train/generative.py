@@ -30,13 +30,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mtlgen.config import Params
+from mtlgen.config import GenerativeConfig, Params
 from mtlgen.generative.crps import ensemble_crps
+from mtlgen.generative.labels import CLASSES, labels_from_residuals
 from mtlgen.generative.network import ResidualDenoiser
 from mtlgen.generative.objective import denoising_loss
 from mtlgen.generative.pipeline import ResidualDiffusionPipeline
 from mtlgen.generative.schedulers import training_scheduler
-from mtlgen.inference.generative import GeneratorSettings, cond_channels
+from mtlgen.generative.volumes import VolumeSpread, log_change_rate, volume_group
+from mtlgen.inference.generative import (
+    GeneratorSettings,
+    cond_channels,
+    forecast_label,
+    out_channels,
+)
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.series import PatientSeries
@@ -77,42 +84,72 @@ def validation_loss(
     return total / count
 
 
-def fit_sample_shape(
-    pipeline: ResidualDiffusionPipeline,
-    cases: ResidualCases,
-    n_samples: int,
-    centre_grid: Sequence[float],
-    spread_grid: Sequence[float],
-    seed: int,
+@dataclass(frozen=True)
+class SampleShape:
+    """The factors fitted on validation cubes (see ``fit_sample_shape``) and every tried
+    factor's score."""
+
+    centre: float
+    spread: float
+    scores: dict[str, dict[float, float]]
+
+
+def _image_scores(
+    draws: list[np.ndarray], cases: ResidualCases, n_images: int, cfg: GenerativeConfig
 ) -> tuple[float, float, dict[str, dict[float, float]]]:
-    """(centre, spread, scores) for the samples on the validation ``cases``: ``centre`` (of
-    ``centre_grid``) scales the samples' mean residual, chosen by the least MAE of the mean
-    (0 keeps the deterministic forecast: an unhelpful generator cannot make the mean image
-    worse); then ``spread`` (of ``spread_grid``) scales their deviations from it, chosen by the
-    least CRPS. Scores are each factor's mean over the valid channels."""
-    mae, crps = dict.fromkeys(centre_grid, 0.0), dict.fromkeys(spread_grid, 0.0)
-    draws, count = [], 0
-    for i in range(len(cases)):
-        draws.append(pipeline(cases.cond[i], n_samples, seed + i).numpy())
-        mean = draws[-1].mean(axis=0)
-        for c in np.flatnonzero(cases.valid[i].numpy()):
-            truth = cases.residual[i, c].numpy()
-            for factor in centre_grid:
-                mae[factor] += float(np.abs(factor * mean[c] - truth).mean())
-            count += 1
+    """(centre, spread, scores) of the image channels: MAE of the scaled mean, then CRPS."""
+    mae, crps = dict.fromkeys(cfg.centre_grid, 0.0), dict.fromkeys(cfg.spread_grid, 0.0)
+    channels = [
+        (i, c) for i in range(len(cases)) for c in np.flatnonzero(cases.valid[i, :n_images])
+    ]
+    for i, c in channels:
+        mean, truth = draws[i][:, c].mean(axis=0), cases.residual[i, c].numpy()
+        for factor in cfg.centre_grid:
+            mae[factor] += float(np.abs(factor * mean - truth).mean())
     centre = min(mae, key=mae.get)
-    for i, sample in enumerate(draws):
+    for i, c in channels:
+        sample, truth = draws[i][:, c], cases.residual[i, c].numpy()
         mean = sample.mean(axis=0)
-        for c in np.flatnonzero(cases.valid[i].numpy()):
-            truth = cases.residual[i, c].numpy()
-            for factor in spread_grid:
-                scaled = centre * mean[c] + factor * (sample[:, c] - mean[c])
-                crps[factor] += float(ensemble_crps(scaled, truth).mean())
+        for factor in cfg.spread_grid:
+            scaled = centre * mean + factor * (sample - mean)
+            crps[factor] += float(ensemble_crps(scaled, truth).mean())
+    count = max(len(channels), 1)
     scores = {
-        "centre_mae": {f: v / max(count, 1) for f, v in mae.items()},
-        "spread_crps": {f: v / max(count, 1) for f, v in crps.items()},
+        "centre_mae": {f: v / count for f, v in mae.items()},
+        "spread_crps": {f: v / count for f, v in crps.items()},
     }
     return centre, min(crps, key=crps.get), scores
+
+
+def volume_errors(cases: ResidualCases, min_days: float) -> list[tuple[str, float]]:
+    """(group, log-volume error per year) of the forecast's core in each labelled cube."""
+    n_images = cases.residual.shape[1] - len(CLASSES)
+    errors = []
+    for i in range(len(cases)):
+        if not cases.valid[i, n_images:].all():
+            continue
+        cond = cases.cond[i].numpy()
+        forecast = forecast_label(cond, n_images)
+        truth = labels_from_residuals(forecast, cases.residual[i, None, n_images:].numpy())[0]
+        gap_before, gap_after = float(cond[-2].flat[0]), float(cond[-1].flat[0])
+        horizon = min(gap_before, gap_after) if gap_after > 0 else gap_before
+        group = volume_group(gap_after > 0, int(cases.context_visits[i]))
+        rate = log_change_rate((forecast == 1).sum(), (truth == 1).sum(), horizon, min_days)
+        errors.append((group, float(rate)))
+    return errors
+
+
+def fit_sample_shape(
+    pipeline: ResidualDiffusionPipeline, cases: ResidualCases, cfg: GenerativeConfig, seed: int
+) -> SampleShape:
+    """The image samples' shape on the validation ``cases``, ``cfg.n_samples`` draws each:
+    ``centre`` (of ``cfg.centre_grid``) scales the mean image residual, chosen by the least MAE
+    of the mean (0 keeps the deterministic forecast: an unhelpful generator cannot make the
+    mean image worse); ``spread`` (of ``cfg.spread_grid``) scales the image deviations from
+    it, chosen by the least CRPS."""
+    draws = [pipeline(cases.cond[i], cfg.n_samples, seed + i).numpy() for i in range(len(cases))]
+    n_images = cases.residual.shape[1] - len(CLASSES)
+    return SampleShape(*_image_scores(draws, cases, n_images, cfg))
 
 
 def _fingerprint(params: Params, train: ResidualCases, val: ResidualCases) -> str:
@@ -183,12 +220,12 @@ def train_generator(
     )
     settings = replace(settings, n_samples=cfg.n_samples, seed=seed)
     max_context, recon = params.data.max_context, params.data.reconstruction
-    train = residual_cases(predictor, train_series, settings, max_context, True, recon, progress)
-    val = residual_cases(predictor, val_series, settings, max_context, False, recon, progress)
+    train = residual_cases(predictor, train_series, settings, max_context, recon, progress)
+    val = residual_cases(predictor, val_series, settings, max_context, recon, progress)
     log.info("generator cases: %d training, %d validation cubes", len(train), len(val))
     torch.manual_seed(seed)
     denoiser = ResidualDenoiser(
-        len(contrasts), cond_channels(contrasts), cfg.channels, cfg.num_res_blocks
+        out_channels(contrasts), cond_channels(contrasts), cfg.channels, cfg.num_res_blocks
     )
     scheduler = training_scheduler(cfg.train_timesteps)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr)
@@ -214,24 +251,27 @@ def train_generator(
     best = ResidualDenoiser.from_pretrained(out_dir / "best")  # local
     pipeline = ResidualDiffusionPipeline(best, scheduler, cfg.sampler, cfg.steps)
     chosen = torch.linspace(0, len(val) - 1, min(cfg.spread_cases, len(val))).round().long()
-    centre, spread, scores = fit_sample_shape(
-        pipeline, val.subset(chosen), cfg.n_samples, cfg.centre_grid, cfg.spread_grid, seed
+    shape = fit_sample_shape(pipeline, val.subset(chosen), cfg, seed)
+    volumes = VolumeSpread.fit(
+        volume_errors(val, params.progression.interval_min_days),
+        params.progression.interval_min_days,
     )
-    settings = replace(settings, centre=centre, spread=spread)
+    settings = replace(
+        settings, centre=shape.centre, spread=shape.spread, volumes=volumes.to_dict()
+    )
     settings.save(out_dir / "best")
     record = {
         "history": loop["history"],
         "best_epoch": loop["best_epoch"],
         "best_val_loss": loop["best"],
-        **{key: {str(k): v for k, v in by.items()} for key, by in scores.items()},
+        **{key: {str(k): v for k, v in by.items()} for key, by in shape.scores.items()},
+        "volume_cases": volumes.cases,
         "train_cases": len(train),
         "val_cases": len(val),
         "seconds": time.perf_counter() - start,
     }
     write_text_atomic(out_dir / "history.json", json.dumps(record, indent=2))
-    log.info(
-        "generator: centre %.2f, spread %.2f (validation %s) -> %s", centre, spread, scores, out_dir
-    )
+    log.info("generator: %s; volume cases %s -> %s", shape, volumes.cases, out_dir)
     return GeneratorResult(
         out_dir / "best",
         settings,

@@ -2,10 +2,10 @@
 of every future target, in lesion-centred cubes, with their conditioning (``conditioning`` and
 ``residual_target`` of ``mtlgen.inference.generative``).
 
-Cases: every future target of the training patients with every context length up to
-``max_context`` (the forecast from one visit misses differently from the forecast from three);
-the validation patients' future targets with full context; and, with ``data.reconstruction``,
-every gap filler (a visit between two others, from the visits around it).
+Cases: every future target of the training and of the validation patients with every context
+length up to ``max_context`` (the forecast from one visit misses differently from the forecast
+from three, and the volume calibration needs each); and, with ``data.reconstruction``, every
+gap filler (a visit between two others, from the visits around it).
 """
 
 from __future__ import annotations
@@ -29,44 +29,46 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ResidualCases:
-    """Cubes of conditioning ``[N, 2C+5, *cube]``, residual ``[N, C, *cube]``, valid ``[N, C]``."""
+    """Cubes of conditioning ``[N, 3C + 8, *cube]``, residual (images, then labels)
+    ``[N, C + 2, *cube]``, valid ``[N, C + 2]``, and each case's number of context visits
+    ``[N]``."""
 
     cond: torch.Tensor
     residual: torch.Tensor
     valid: torch.Tensor
+    context_visits: torch.Tensor
 
     def __len__(self) -> int:
         return self.cond.shape[0]
 
     def subset(self, idx: torch.Tensor) -> ResidualCases:
-        return ResidualCases(self.cond[idx], self.residual[idx], self.valid[idx])
+        return ResidualCases(
+            self.cond[idx], self.residual[idx], self.valid[idx], self.context_visits[idx]
+        )
 
     def fingerprint(self) -> str:
         """A hash of every cube: another base model or cohort gives other cases."""
         digest = hashlib.sha256()
-        for tensor in (self.cond, self.residual, self.valid):
+        for tensor in (self.cond, self.residual, self.valid, self.context_visits):
             digest.update(tensor.contiguous().numpy().tobytes())
         return digest.hexdigest()
 
 
-def forecast_specs(
-    patient: PatientSeries, max_context: int, every_context: bool
-) -> list[tuple[tuple[int, ...], int]]:
-    """(context indices, target index) of the patient's future targets: the last
-    ``max_context`` visits before each, or (``every_context``) each length 1..``max_context``."""
+def forecast_specs(patient: PatientSeries, max_context: int) -> list[tuple[tuple[int, ...], int]]:
+    """(context indices, target index) of the patient's future targets: the last k visits
+    before each, for each k of 1..``max_context``."""
     specs = []
     for j in range(1, len(patient.visits)):
-        lengths = range(1, min(j, max_context) + 1) if every_context else [min(j, max_context)]
-        specs += [(tuple(range(j - k, j)), j) for k in lengths]
+        specs += [(tuple(range(j - k, j)), j) for k in range(1, min(j, max_context) + 1)]
     return specs
 
 
 def generator_specs(
-    patient: PatientSeries, max_context: int, every_context: bool, reconstruction: bool
+    patient: PatientSeries, max_context: int, reconstruction: bool
 ) -> list[tuple[tuple[int, ...], int]]:
     """``forecast_specs``, then (``reconstruction``) the patient's gap fillers of
     ``enumerate_samples``: a visit between two others from the visits around it."""
-    specs = forecast_specs(patient, max_context, every_context)
+    specs = forecast_specs(patient, max_context)
     if reconstruction:
         specs += [
             (s.context, s.target)
@@ -81,15 +83,14 @@ def residual_cases(
     series: Sequence[PatientSeries],
     settings: GeneratorSettings,
     max_context: int,
-    every_context: bool,
     reconstruction: bool,
     progress: bool = False,
 ) -> ResidualCases:
     """The predictor's residuals of every case of ``generator_specs`` of ``series``, in cubes."""
-    conds, residuals, valids = [], [], []
+    conds, residuals, valids, counts = [], [], [], []
     for patient in tqdm(series, desc="forecast residuals", unit="patient", disable=not progress):
         loaded: dict[int, VisitArrays] = {}
-        for context_idx, j in generator_specs(patient, max_context, every_context, reconstruction):
+        for context_idx, j in generator_specs(patient, max_context, reconstruction):
             for i in (*context_idx, j):
                 if i not in loaded:
                     loaded[i] = load_visit(patient.visits[i])
@@ -108,12 +109,14 @@ def residual_cases(
             conds.append(cond)
             residuals.append(residual)
             valids.append(valid)
+            counts.append(len(context))
     if not conds:
         raise ValueError("no future targets: the generator needs patients with two visits")
     return ResidualCases(
         torch.from_numpy(np.stack(conds)),
         torch.from_numpy(np.stack(residuals)),
         torch.from_numpy(np.stack(valids)),
+        torch.tensor(counts),
     )
 
 

@@ -1,0 +1,117 @@
+"""Calibrated volumes for the drawn samples: ensemble copula coupling.
+
+The drawn label residuals give each sample a plausible lesion shape, but their volumes vary far
+less than the forecast's real error (measured: the 80 % sample volume interval held 6 % of true
+volumes on the demo cohort). As in the post-processing of weather ensembles, the marginal is
+calibrated separately and the raw ensemble keeps the dependence: the samples' core volumes are
+set to the quantiles of the forecast's log-volume error measured on validation patients (per
+year of horizon, per case kind and one against several context visits, like the conformal
+intervals of ``mtlgen.inference.intervals``), assigned in the order of the samples' own drawn
+volumes, and each drawn core is grown or shrunk along its signed distance to its volume.
+
+Volumes here are voxel counts inside the generator's cube; the error of a case is
+``(log1p(true) - log1p(forecast)) / max(horizon, min_days)`` in years.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from mtlgen.progression import DAYS_PER_YEAR
+
+LEVELS = np.linspace(0.0, 1.0, 21)  # the quantile levels a fitted spread keeps
+MIN_CASES = 5  # a group with fewer validation cases borrows its kind's, then every case's
+ALL = "all"
+
+
+def volume_group(reconstruction: bool, context_visits: int) -> str:
+    """``future:1``, ``future:2+``, ``reconstruction:1`` or ``reconstruction:2+``."""
+    kind = "reconstruction" if reconstruction else "future"
+    return f"{kind}:{'1' if context_visits <= 1 else '2+'}"
+
+
+def log_change_rate(forecast: float, truth: float, horizon_years: float, min_days: float) -> float:
+    """The signed log-volume error per year of horizon (at least ``min_days``)."""
+    years = max(horizon_years, min_days / DAYS_PER_YEAR)
+    return (np.log1p(truth) - np.log1p(forecast)) / years
+
+
+@dataclass(frozen=True)
+class VolumeSpread:
+    """Quantiles (at ``LEVELS``) of the log-volume error per year, by group, kind or ``all``."""
+
+    min_days: float
+    quantiles: dict[str, list[float]]
+    cases: dict[str, int]
+
+    @classmethod
+    def fit(cls, errors: Sequence[tuple[str, float]], min_days: float) -> VolumeSpread:
+        """From (group, ``log_change_rate``) of validation cases; groups with fewer than
+        ``MIN_CASES`` are left to their kind's or every case's quantiles."""
+        if len(errors) < MIN_CASES:
+            raise ValueError(
+                f"{len(errors)} labelled validation cases: at least {MIN_CASES} are needed "
+                "to calibrate the sample volumes"
+            )
+        pools: dict[str, list[float]] = {ALL: []}
+        for group, value in errors:
+            for key in (group, group.split(":")[0], ALL):
+                pools.setdefault(key, []).append(float(value))
+        kept = {k: v for k, v in pools.items() if len(v) >= MIN_CASES}
+        return cls(
+            min_days,
+            {k: np.quantile(v, LEVELS).round(6).tolist() for k, v in kept.items()},
+            {k: len(v) for k, v in kept.items()},
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def levels_for(self, group: str) -> np.ndarray:
+        """The group's quantiles, else its kind's, else every case's."""
+        for key in (group, group.split(":")[0], ALL):
+            if key in self.quantiles:
+                return np.asarray(self.quantiles[key])
+        raise KeyError(f"volume spread has no quantiles for {group!r} nor a fallback")
+
+    def targets(self, group: str, forecast: float, horizon_years: float, n: int) -> np.ndarray:
+        """``n`` voxel counts at evenly spaced levels 0..1 of the group's error distribution
+        (so the p-th percentile of the samples is the distribution's p-th quantile)."""
+        rates = np.interp(np.linspace(0.0, 1.0, n), LEVELS, self.levels_for(group))
+        years = max(horizon_years, self.min_days / DAYS_PER_YEAR)
+        return np.maximum(np.expm1(np.log1p(forecast) + rates * years), 0.0).round()
+
+
+def resize_core(label: np.ndarray, count: int) -> np.ndarray:
+    """``label`` with its core (1) grown or shrunk to ``count`` voxels along the core's signed
+    distance (grown from the lesion when there is no core; unchanged when there is no lesion):
+    removed core becomes edema (2), grown core takes over what was there."""
+    seed = label == 1
+    if not seed.any():
+        seed = label > 0
+    if not seed.any():
+        return label
+    distance = ndimage.distance_transform_edt(~seed) - ndimage.distance_transform_edt(seed)
+    order = np.argsort(distance, axis=None, kind="stable")[: int(count)]
+    core = np.zeros(label.size, bool)
+    core[order] = True
+    core = core.reshape(label.shape)
+    out = label.copy()
+    out[(label == 1) & ~core] = 2
+    out[core] = 1
+    return out
+
+
+def couple(labels: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each drawn label ``[n, *S]`` resized to a target core count, the r-th smallest drawn
+    core getting the r-th smallest target (ties in drawing order)."""
+    drawn = (labels == 1).reshape(len(labels), -1).sum(axis=1)
+    ranks = np.argsort(np.argsort(drawn, kind="stable"), kind="stable")
+    ordered = np.sort(targets)
+    return np.stack(
+        [resize_core(label, ordered[r]) for label, r in zip(labels, ranks, strict=True)]
+    )
