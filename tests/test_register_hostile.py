@@ -452,13 +452,16 @@ def test_kill_during_a_patient_leaves_no_patient_without_visits(
         assert s.scalar(select(func.count()).select_from(PatientId)) == 2
     referenced = {Path(r[4]) for r in _snapshot(url) if r[0] != "patient"}
     assert set(orphans) <= referenced  # the killed run's files were taken up again
-    stray = processed / "pgone" / "01" / f"T1w-{'0' * 12}.nii"
-    stray.parent.mkdir(parents=True)
-    shutil.copy(orphans[0], stray)
+    own = orphans[0].parent.parent  # a registered patient's folder
+    stray = own / "09" / f"T1w-{'0' * 12}.nii"
+    foreign = processed / "pgone" / "01" / f"T1w-{'0' * 12}.nii"  # no patient of this registry
+    for path in (stray, foreign):
+        path.parent.mkdir(parents=True)
+        shutil.copy(orphans[0], path)
     register_source(manifest, params, progress=False)
     assert stray.exists()  # young: a running registration may be about to record it
     register_source(manifest, _params(root, stale_after_s=0), progress=False)
-    assert not stray.exists()
+    assert not stray.exists() and foreign.exists()  # another registry's files are never touched
     _assert_kept(url, before)
 
 

@@ -85,7 +85,8 @@ def test_register_command_reports_a_bad_source_with_exit_2(tmp_path):
 
     from mtlgen.cli import app
 
-    settings = tmp_path / "params.yaml"
+    settings = tmp_path / "params.yaml"  # the default processed folder and key: the cwd's
     settings.write_text(f"registry:\n  url: sqlite:///{tmp_path / 'r.sqlite'}\n")
     run = CliRunner().invoke(app, ["-p", str(settings), "register", str(tmp_path / "nowhere")])
     assert run.exit_code == 2 and "no such file or folder" in run.output
+    assert not (tmp_path / "r.sqlite").exists()  # a bad source touches nothing

@@ -40,10 +40,10 @@ _MAX_ATTEMPTS = 5
 
 
 def register_source(source: Path | str, params: Params, progress: bool = True) -> SourceResult:
-    """Recover from crashed runs (``recover``), discover ``source`` and register each patient
-    (see ``register_patient``)."""
-    recover(params)
+    """Discover ``source``, recover from crashed runs (``recover``) and register each patient
+    (see ``register_patient``); a bad source changes nothing."""
     patients = discover(source)
+    recover(params)
     key = load_key(params.registry.key_file)
     log.info("registering %d patients into %s", len(patients), _safe_url(params))
     results = []

@@ -282,6 +282,12 @@ def drop_patients_without_visits(reg: RegistryConfig) -> int:
         return len(names)
 
 
+def patient_pseudonyms(reg: RegistryConfig) -> set[str]:
+    """Every patient's pseudonym, with visits or without."""
+    with session_scope(reg.url, reg.sqlite_timeout_s) as session:
+        return set(session.scalars(select(Patient.pseudonym)))
+
+
 def processed_paths(reg: RegistryConfig) -> set[str]:
     """Every processed file a result row refers to."""
     with session_scope(reg.url, reg.sqlite_timeout_s) as session:
