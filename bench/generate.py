@@ -204,7 +204,8 @@ def main() -> None:
         print(f"generator training: {', '.join(f'{s:.0f}' for s in train_s)} s (bar: 900 s)")
     print(
         f"seconds per prediction: generator {np.mean(gen_s):.2f} ({settings.n_samples} samples x "
-        f"{settings.steps} {settings.sampler} steps, each sample segmented) vs deterministic "
+        f"{settings.steps} {settings.sampler} steps, labels drawn and volumes calibrated) vs "
+        f"deterministic "
         f"{np.mean(det_s):.2f} -> {np.mean(gen_s) / np.mean(det_s):.1f}x; peak memory "
         f"{peak_gib:.2f} GiB; torch threads {torch.get_num_threads()}"
     )

@@ -20,11 +20,10 @@ def denoising_loss(
 ) -> torch.Tensor:
     """Mean squared error of the prediction over the ``valid`` channels ``[B, C]`` (a contrast
     the target or the forecast lacks has no residual to learn)."""
-    b = residual.shape[0]
-    noise = torch.randn(residual.shape, generator=generator, device=residual.device)
-    steps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=residual.device
-    )
+    b, device = residual.shape[0], residual.device
+    noise = torch.randn(residual.shape, generator=generator).to(device)  # CPU draws: the same
+    steps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
+    steps = steps.to(device)  # numbers on every device
     noisy = scheduler.add_noise(residual, noise, steps)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
@@ -35,6 +34,6 @@ def denoising_loss(
         target = scheduler.get_velocity(residual, noise, steps)
     else:
         raise ValueError(f"prediction_type {kind!r}: expected epsilon, sample or v_prediction")
-    error = (denoiser(noisy, steps, cond) - target) ** 2
+    error = (denoiser(noisy, steps, cond).float() - target) ** 2
     weight = valid.to(error.dtype)[(...,) + (None,) * (error.ndim - 2)]
     return (error * weight).sum() / (weight.expand_as(error).sum().clamp_min(1.0))

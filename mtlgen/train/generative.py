@@ -5,8 +5,11 @@ The validation patients' cubes choose the best epoch by their denoising loss (fi
 after training, the samples' ``centre`` and ``spread`` (``fit_sample_shape``): how far the
 samples' mean moves from the deterministic forecast (least MAE) and how wide they are around it
 (least CRPS). The base model has seen the training patients, so its residuals there are smaller
-than on new patients; the factors fitted on the validation patients correct for that.
+than on new patients; the factors fitted on the validation patients correct for that. From
+every labelled validation cube the forecast's core-volume error gives the quantiles the
+samples' volumes are calibrated to (``volume_errors``, ``mtlgen.generative.volumes``).
 
+On CUDA when present (``train.device``), with bfloat16 autocast; the cubes stay in host memory.
 Seeded: one seed fixes the initial weights, the cubes drawn, their flips and the noise, so the
 same inputs give the same generator on CPU. Resumable: after every epoch ``last/`` holds the
 weights, the optimizer, the random generator's state and the loop's counters in one safetensors
@@ -47,6 +50,7 @@ from mtlgen.inference.generative import (
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.series import PatientSeries
+from mtlgen.train.distributed import select_device
 from mtlgen.train.loop import TrainLogger
 from mtlgen.train.residuals import ResidualCases, flipped_batch, residual_cases
 from mtlgen.train.state import load_train_state, read_loop, save_train_state
@@ -66,19 +70,25 @@ class GeneratorResult:
     wall_time_s: float
 
 
+def _autocast(device: torch.device):
+    """bfloat16 autocast on CUDA (the loss is taken in float32), nothing on CPU."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
 def validation_loss(
     denoiser: ResidualDenoiser, scheduler, cases: ResidualCases, batch_size: int, seed: int
 ) -> float:
     """The denoising loss over every case with fixed noise and steps (comparable by epoch)."""
     denoiser.eval()
+    device = next(denoiser.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     for start in range(0, len(cases), batch_size):
         sl = slice(start, start + batch_size)
-        loss = denoising_loss(
-            denoiser, scheduler, cases.residual[sl], cases.cond[sl], cases.valid[sl], generator
-        )
+        batch = (t[sl].to(device) for t in (cases.residual, cases.cond, cases.valid))
+        with _autocast(device):
+            loss = denoising_loss(denoiser, scheduler, *batch, generator)
         n = cases.residual[sl].shape[0]
         total, count = total + float(loss) * n, count + n
     return total / count
@@ -176,8 +186,9 @@ def _start(
         if saved is not None:
             log.warning("%s holds another training (settings or cases); starting afresh", last_dir)
         return fresh
-    loop, extra = load_train_state(last_dir, {"model": denoiser}, optimizer)
-    generator.set_state(extra["rng"])
+    device = next(denoiser.parameters()).device
+    loop, extra = load_train_state(last_dir, {"model": denoiser}, optimizer, device)
+    generator.set_state(extra["rng"].cpu())
     log.info("resuming the generator from epoch %d", loop["epoch"])
     return loop
 
@@ -191,8 +202,10 @@ def _epoch(
     bar = tqdm(range(cfg.steps_per_epoch), desc=label, disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(cases), (cfg.batch_size,), generator=generator)
-        cond, residual, valid = flipped_batch(cases, idx, generator)
-        loss = denoising_loss(denoiser, scheduler, residual, cond, valid, generator)
+        device = next(denoiser.parameters()).device
+        cond, residual, valid = (t.to(device) for t in flipped_batch(cases, idx, generator))
+        with _autocast(device):
+            loss = denoising_loss(denoiser, scheduler, residual, cond, valid, generator)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
@@ -224,9 +237,10 @@ def train_generator(
     val = residual_cases(predictor, val_series, settings, max_context, recon, progress)
     log.info("generator cases: %d training, %d validation cubes", len(train), len(val))
     torch.manual_seed(seed)
+    device = select_device(params.train.device)
     denoiser = ResidualDenoiser(
         out_channels(contrasts), cond_channels(contrasts), cfg.channels, cfg.num_res_blocks
-    )
+    ).to(device)
     scheduler = training_scheduler(cfg.train_timesteps)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
@@ -248,7 +262,7 @@ def train_generator(
         loop["epoch"] = epoch
         extra = {"rng": generator.get_state()}
         save_train_state(out_dir / "last", {"model": denoiser}, optimizer, loop, extra)
-    best = ResidualDenoiser.from_pretrained(out_dir / "best")  # local
+    best = ResidualDenoiser.from_pretrained(out_dir / "best").to(device)  # local
     pipeline = ResidualDiffusionPipeline(best, scheduler, cfg.sampler, cfg.steps)
     chosen = torch.linspace(0, len(val) - 1, min(cfg.spread_cases, len(val))).round().long()
     shape = fit_sample_shape(pipeline, val.subset(chosen), cfg, seed)
