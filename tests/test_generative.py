@@ -187,8 +187,10 @@ def test_calibrated_volumes_are_the_error_quantiles_in_the_order_of_the_draws():
     assert np.allclose(targets, expected)
     assert np.percentile(targets, 50) == 100.0
     assert spread.targets("future:2+", 100.0, 2.0, 3).tolist() == [100.0] * 3
-    with pytest.raises(ValueError, match="at least 5"):
-        VolumeSpread.fit(errors[:3], 30.0)
+    few = VolumeSpread.fit(errors[:3], 30.0)  # a small cohort: every case's quantiles only
+    assert few.cases == {"all": 3} and few.levels_for("future:1")[-1] == errors[2][1]
+    with pytest.raises(ValueError, match="no labelled validation case"):
+        VolumeSpread.fit([], 30.0)
     z, y, x = np.mgrid[:20, :20, :20]
     ball = ((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2 <= 16).astype(np.uint8)  # core
     ball[((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2 > 9) & (ball == 1)] = 2  # edema rim

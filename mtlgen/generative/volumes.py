@@ -15,6 +15,7 @@ Volumes here are voxel counts inside the generator's cube; the error of a case i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -22,6 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from mtlgen.progression import DAYS_PER_YEAR
+
+log = logging.getLogger(__name__)
 
 LEVELS = np.linspace(0.0, 1.0, 21)  # the quantile levels a fitted spread keeps
 MIN_CASES = 5  # a group with fewer validation cases borrows its kind's, then every case's
@@ -50,18 +53,22 @@ class VolumeSpread:
 
     @classmethod
     def fit(cls, errors: Sequence[tuple[str, float]], min_days: float) -> VolumeSpread:
-        """From (group, ``log_change_rate``) of validation cases; groups with fewer than
-        ``MIN_CASES`` are left to their kind's or every case's quantiles."""
+        """From (group, ``log_change_rate``) of validation cases; groups and kinds with fewer
+        than ``MIN_CASES`` are left to their kind's or every case's quantiles (every case's are
+        kept however few, with a warning: a small cohort still gets samples)."""
+        if not errors:
+            raise ValueError("no labelled validation case: the sample volumes cannot be calibrated")
         if len(errors) < MIN_CASES:
-            raise ValueError(
-                f"{len(errors)} labelled validation cases: at least {MIN_CASES} are needed "
-                "to calibrate the sample volumes"
+            log.warning(
+                "sample volumes calibrated on %d validation cases only (%d or more steady them)",
+                len(errors),
+                MIN_CASES,
             )
         pools: dict[str, list[float]] = {ALL: []}
         for group, value in errors:
             for key in (group, group.split(":")[0], ALL):
                 pools.setdefault(key, []).append(float(value))
-        kept = {k: v for k, v in pools.items() if len(v) >= MIN_CASES}
+        kept = {k: v for k, v in pools.items() if k == ALL or len(v) >= MIN_CASES}
         return cls(
             min_days,
             {k: np.quantile(v, LEVELS).round(6).tolist() for k, v in kept.items()},
