@@ -210,8 +210,11 @@ def test_generative_predictor_keeps_the_forecast_outside_the_cube(tiny_series):
     base_model = make_baseline("linear", 0.25, 0.25)
     with pytest.raises(ValueError, match=r"expected 4 .*retrain"):
         GenerativePredictor(base_model, tiny_denoiser(), settings)
-    with pytest.raises(ValueError, match="no calibrated volumes"):
-        GenerativePredictor(base_model, tiny_denoiser(out_channels=4), settings)
+    for volumes in (None, {"min_days": 30.0}):  # none, or not a fitted spread
+        with pytest.raises(ValueError, match="no calibrated volumes"):
+            GenerativePredictor(
+                base_model, tiny_denoiser(out_channels=4), replace(settings, volumes=volumes)
+            )
     volumes = VolumeSpread.fit([("future:1", r) for r in (-2.0, -1.0, 0.0, 1.0, 2.0)], 30.0)
     settings = replace(settings, volumes=volumes.to_dict())
     predictor = GenerativePredictor(base_model, tiny_denoiser(out_channels=4), settings, 3, 4)

@@ -14,8 +14,8 @@ its core is then grown or shrunk to a calibrated volume (``mtlgen.generative.vol
 validation patients' error quantiles, assigned in the order of the drawn volumes). The share
 of samples with lesion per voxel is the lesion-probability map, each sample's lesion-core
 volume gives the volume interval and each sample's status (the base's volumetric rule against
-the reference volume) the status probabilities. Outside the cube every sample
-keeps the forecast's image and label.
+the reference volume) the status probabilities. Outside the cube every sample keeps the
+forecast's image and label.
 
 ``generative.json`` beside the denoiser's weights records how it was trained (contrasts, cube
 size, residual scale, schedule length, sampler, steps, samples, seed) and the ``centre`` and
@@ -76,6 +76,16 @@ class GeneratorSettings:
 
     def save(self, directory: Path) -> Path:
         return write_text_atomic(Path(directory) / SETTINGS, json.dumps(asdict(self), indent=2))
+
+    def volume_spread(self) -> VolumeSpread:
+        """The calibrated sample volumes; refused when there are none (a generator trained
+        before them)."""
+        try:
+            return VolumeSpread(**(self.volumes or {}))
+        except TypeError:
+            raise ValueError(
+                "generator settings hold no calibrated volumes; retrain the generator"
+            ) from None
 
     @classmethod
     def load(cls, directory: Path) -> GeneratorSettings:
@@ -170,8 +180,7 @@ def check_fits(denoiser: ResidualDenoiser, settings: GeneratorSettings) -> None:
             f"denoiser draws {denoiser.out_channels} channels: expected "
             f"{out_channels(settings.contrasts)} (images and labels); retrain the generator"
         )
-    if settings.volumes is None:
-        raise ValueError("generator settings hold no calibrated volumes; retrain the generator")
+    settings.volume_spread()
 
 
 class GenerativePredictor:
@@ -193,7 +202,7 @@ class GenerativePredictor:
     ) -> None:
         check_fits(denoiser, settings)
         self.base, self.settings = base, settings
-        self.volumes = VolumeSpread(**settings.volumes)
+        self.volumes = settings.volume_spread()
         self.n_samples = n_samples or settings.n_samples
         self.seed = settings.seed if seed is None else seed
         self.pipeline = ResidualDiffusionPipeline(
