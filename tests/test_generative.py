@@ -29,6 +29,7 @@ from mtlgen.inference.generative import (
     load_generator,
     residual_target,
 )
+from mtlgen.inference.intervals import horizon_years
 from mtlgen.io.series import load_visit
 from mtlgen.train.generative import train_generator
 from mtlgen.train.residuals import forecast_specs, generator_specs
@@ -182,11 +183,14 @@ def test_calibrated_volumes_are_the_error_quantiles_in_the_order_of_the_draws():
     spread = VolumeSpread.fit(errors, min_days=365.25)
     assert spread.cases == {"all": 16, "future": 16, "future:1": 11, "future:2+": 5}
     assert spread.levels_for("reconstruction:1").tolist() == spread.quantiles["all"]
-    targets = spread.targets("future:1", 100.0, horizon_years=0.5, n=5)  # horizon counted 1 y
+    years = horizon_years(182.6, spread.min_days)  # horizon counted 1 y
+    targets = spread.targets("future:1", 100.0, years, n=5)
     expected = np.expm1(np.log1p(100.0) + np.array([-1.0, -0.5, 0.0, 0.5, 1.0])).round()
     assert np.allclose(targets, expected)
     assert np.percentile(targets, 50) == 100.0
-    assert spread.targets("future:2+", 100.0, 2.0, 3).tolist() == [100.0] * 3
+    assert (
+        spread.targets("future:2+", 100.0, horizon_years(730.5, 365.25), 3).tolist() == [100.0] * 3
+    )
     few = VolumeSpread.fit(errors[:3], 30.0)  # a small cohort: every case's quantiles only
     assert few.cases == {"all": 3} and few.levels_for("future:1")[-1] == errors[2][1]
     with pytest.raises(ValueError, match="no labelled validation case"):

@@ -5,12 +5,12 @@ less than the forecast's real error (measured: the 80 % sample volume interval h
 volumes on the demo cohort). As in the post-processing of weather ensembles, the marginal is
 calibrated separately and the raw ensemble keeps the dependence: the samples' core volumes are
 set to the quantiles of the forecast's log-volume error measured on validation patients (per
-year of horizon, per case kind and one against several context visits, like the conformal
-intervals of ``mtlgen.inference.intervals``), assigned in the order of the samples' own drawn
-volumes, and each drawn core is grown or shrunk along its signed distance to its volume.
+year of horizon, by the groups and horizon floor of the conformal intervals,
+``mtlgen.inference.intervals``), assigned in the order of the samples' own drawn volumes, and
+each drawn core is grown or shrunk along its signed distance to its volume.
 
 Volumes here are voxel counts inside the generator's cube; the error of a case is
-``(log1p(true) - log1p(forecast)) / max(horizon, min_days)`` in years.
+``(log1p(true) - log1p(forecast)) / years`` (``log_change_rate``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from mtlgen.progression import DAYS_PER_YEAR
-
 log = logging.getLogger(__name__)
 
 LEVELS = np.linspace(0.0, 1.0, 21)  # the quantile levels a fitted spread keeps
@@ -31,21 +29,15 @@ MIN_CASES = 5  # a group with fewer validation cases borrows its kind's, then ev
 ALL = "all"
 
 
-def volume_group(reconstruction: bool, context_visits: int) -> str:
-    """``future:1``, ``future:2+``, ``reconstruction:1`` or ``reconstruction:2+``."""
-    kind = "reconstruction" if reconstruction else "future"
-    return f"{kind}:{'1' if context_visits <= 1 else '2+'}"
-
-
-def log_change_rate(forecast: float, truth: float, horizon_years: float, min_days: float) -> float:
-    """The signed log-volume error per year of horizon (at least ``min_days``)."""
-    years = max(horizon_years, min_days / DAYS_PER_YEAR)
+def log_change_rate(forecast: float, truth: float, years: float) -> float:
+    """The signed log-volume error per year of horizon."""
     return (np.log1p(truth) - np.log1p(forecast)) / years
 
 
 @dataclass(frozen=True)
 class VolumeSpread:
-    """Quantiles (at ``LEVELS``) of the log-volume error per year, by group, kind or ``all``."""
+    """Quantiles (at ``LEVELS``) of the log-volume error per year, by group, kind or ``all``;
+    ``min_days`` is the horizon floor they were measured with."""
 
     min_days: float
     quantiles: dict[str, list[float]]
@@ -85,11 +77,11 @@ class VolumeSpread:
                 return np.asarray(self.quantiles[key])
         raise KeyError(f"volume spread has no quantiles for {group!r} nor a fallback")
 
-    def targets(self, group: str, forecast: float, horizon_years: float, n: int) -> np.ndarray:
-        """``n`` voxel counts at evenly spaced levels 0..1 of the group's error distribution
-        (so the p-th percentile of the samples is the distribution's p-th quantile)."""
+    def targets(self, group: str, forecast: float, years: float, n: int) -> np.ndarray:
+        """``n`` voxel counts ``years`` ahead (the floored horizon) at evenly spaced levels 0..1
+        of the group's error distribution (so the p-th percentile of the samples is the
+        distribution's p-th quantile)."""
         rates = np.interp(np.linspace(0.0, 1.0, n), LEVELS, self.levels_for(group))
-        years = max(horizon_years, self.min_days / DAYS_PER_YEAR)
         return np.maximum(np.expm1(np.log1p(forecast) + rates * years), 0.0).round()
 
 

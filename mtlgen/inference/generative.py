@@ -41,8 +41,9 @@ from mtlgen.generative.labels import CLASSES, label_residual, labels_from_residu
 from mtlgen.generative.network import ResidualDenoiser
 from mtlgen.generative.pipeline import ResidualDiffusionPipeline
 from mtlgen.generative.schedulers import Sampler, training_scheduler
-from mtlgen.generative.volumes import VolumeSpread, couple, volume_group
+from mtlgen.generative.volumes import VolumeSpread, couple
 from mtlgen.inference.baselines import reference_visit
+from mtlgen.inference.intervals import group_of, horizon_days, horizon_years
 from mtlgen.inference.prediction import Prediction, Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.series import VisitArrays
@@ -253,10 +254,11 @@ class GenerativePredictor:
         target_days: float,
     ) -> np.ndarray:
         """The drawn labels on the cube, their cores resized to the calibrated volumes."""
-        group = volume_group(next_visit(context, target_days) is not None, len(context))
-        horizon = min(abs(target_days - v.days) for v in context) / DAYS_PER_YEAR
+        kind = "future" if next_visit(context, target_days) is None else "reconstruction"
+        horizon = horizon_days([v.days for v in context], target_days)
+        years = horizon_years(horizon, self.volumes.min_days)
         core = float((forecast == 1).sum())
-        targets = self.volumes.targets(group, core, horizon, len(residuals))
+        targets = self.volumes.targets(group_of(kind, len(context)), core, years, len(residuals))
         return couple(labels_from_residuals(forecast, residuals), targets)
 
     def _summarised(

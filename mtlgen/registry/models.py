@@ -6,7 +6,9 @@ Tables are only ever added (never altered), so ``create_all`` brings an older re
 
 Only ``patient_ids`` holds a source patient id; every other table uses the pseudonym. A scan
 (or label) is one *version* of a visit's contrast: a changed file is a new row with the next
-version, and the old row is kept with status ``superseded``.
+version, and the old row is kept with status ``superseded``. Rows are stamped by
+``mtlgen.clock.stamp_now`` (``SOURCE_DATE_EPOCH`` pins it, so two registrations of the same
+input dump identically).
 """
 
 from __future__ import annotations
@@ -31,12 +33,6 @@ CURRENT, SUPERSEDED = "current", "superseded"
 NEEDS_REVIEW, ACCEPTED, REJECTED = "needs_review", "accepted", "rejected"
 
 
-def _now() -> datetime:
-    """The time a row is written (``stamp_now``: pinned by ``SOURCE_DATE_EPOCH``, so that two
-    registrations of the same input dump identically)."""
-    return stamp_now()
-
-
 class Base(DeclarativeBase):
     pass
 
@@ -52,7 +48,7 @@ class Patient(Base):
     baseline_date: Mapped[date | None] = mapped_column(Date)
     reference: Mapped[str] = mapped_column(String(64))
     grid: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=stamp_now)
     visits: Mapped[list[Visit]] = relationship(back_populates="patient")
 
 
@@ -89,7 +85,7 @@ class _SourceFile:
     spacing: Mapped[str] = mapped_column(String(128))
     orientation: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(16), default=CURRENT)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=stamp_now)
 
 
 class Scan(_SourceFile, Base):
@@ -137,7 +133,7 @@ class Result(Base):
     reference: Mapped[str] = mapped_column(String(64))
     mi: Mapped[float | None] = mapped_column(Float)
     ncc: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=stamp_now)
     scan: Mapped[Scan | None] = relationship(back_populates="result")
     label: Mapped[Label | None] = relationship(back_populates="result")
 
@@ -155,7 +151,7 @@ class Rejection(Base):
     source_path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=stamp_now)
 
 
 class RejectionPatient(Base):
@@ -186,5 +182,5 @@ class Review(Base):
     )
     reason: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default=NEEDS_REVIEW)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=stamp_now)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -40,16 +40,18 @@ from mtlgen.generative.network import ResidualDenoiser
 from mtlgen.generative.objective import denoising_loss
 from mtlgen.generative.pipeline import ResidualDiffusionPipeline
 from mtlgen.generative.schedulers import training_scheduler
-from mtlgen.generative.volumes import VolumeSpread, log_change_rate, volume_group
+from mtlgen.generative.volumes import VolumeSpread, log_change_rate
 from mtlgen.inference.generative import (
     GeneratorSettings,
     cond_channels,
     forecast_label,
     out_channels,
 )
+from mtlgen.inference.intervals import group_of, horizon_years
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.series import PatientSeries
+from mtlgen.progression import DAYS_PER_YEAR
 from mtlgen.train.distributed import select_device
 from mtlgen.train.loop import TrainLogger
 from mtlgen.train.residuals import ResidualCases, flipped_batch, residual_cases
@@ -142,9 +144,12 @@ def volume_errors(cases: ResidualCases, min_days: float) -> list[tuple[str, floa
         forecast = forecast_label(cond, n_images)
         truth = labels_from_residuals(forecast, cases.residual[i, None, n_images:].numpy())[0]
         gap_before, gap_after = float(cond[-2].flat[0]), float(cond[-1].flat[0])
-        horizon = min(gap_before, gap_after) if gap_after > 0 else gap_before
-        group = volume_group(gap_after > 0, int(cases.context_visits[i]))
-        rate = log_change_rate((forecast == 1).sum(), (truth == 1).sum(), horizon, min_days)
+        horizon = min(gap_before, gap_after) if gap_after > 0 else gap_before  # years
+        years = horizon_years(horizon * DAYS_PER_YEAR, min_days)
+        group = group_of(
+            "reconstruction" if gap_after > 0 else "future", int(cases.context_visits[i])
+        )
+        rate = log_change_rate((forecast == 1).sum(), (truth == 1).sum(), years)
         errors.append((group, float(rate)))
     return errors
 
@@ -200,9 +205,9 @@ def _epoch(
     denoiser.train()
     losses = []
     bar = tqdm(range(cfg.steps_per_epoch), desc=label, disable=not progress)
+    device = next(denoiser.parameters()).device
     for _ in bar:
         idx = torch.randint(0, len(cases), (cfg.batch_size,), generator=generator)
-        device = next(denoiser.parameters()).device
         cond, residual, valid = (t.to(device) for t in flipped_batch(cases, idx, generator))
         with _autocast(device):
             loss = denoising_loss(denoiser, scheduler, residual, cond, valid, generator)
