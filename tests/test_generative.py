@@ -29,7 +29,7 @@ from mtlgen.inference.generative import (
     load_generator,
     residual_target,
 )
-from mtlgen.inference.intervals import horizon_years
+from mtlgen.inference.intervals import VolumeCalibration, VolumeCase, horizon_years
 from mtlgen.io.series import load_visit
 from mtlgen.train.generative import train_generator
 from mtlgen.train.residuals import forecast_specs, generator_specs
@@ -179,22 +179,21 @@ def test_calibrated_volumes_are_the_error_quantiles_in_the_order_of_the_draws():
     """Ensemble copula coupling: the samples' cores take the validation error quantiles
     (evenly spaced levels, so the samples' percentiles are the distribution's), the largest
     drawn core the largest; each core is grown or shrunk along its distance, keeping a ball."""
-    errors = [("future:1", r) for r in np.linspace(-1.0, 1.0, 11)] + [("future:2+", 0.0)] * 5
+    errors = {"future:1": np.linspace(-1.0, 1.0, 11).tolist(), "future:2+": [0.0] * 5}
     spread = VolumeSpread.fit(errors, min_days=365.25)
     assert spread.cases == {"all": 16, "future": 16, "future:1": 11, "future:2+": 5}
     assert spread.levels_for("reconstruction:1").tolist() == spread.quantiles["all"]
     years = horizon_years(182.6, spread.min_days)  # horizon counted 1 y
     targets = spread.targets("future:1", 100.0, years, n=5)
-    expected = np.expm1(np.log1p(100.0) + np.array([-1.0, -0.5, 0.0, 0.5, 1.0])).round()
+    expected = np.expm1(np.log1p(100.0) + np.array([-1.0, -0.5, 0.0, 0.5, 1.0]))
     assert np.allclose(targets, expected)
-    assert np.percentile(targets, 50) == 100.0
-    assert (
-        spread.targets("future:2+", 100.0, horizon_years(730.5, 365.25), 3).tolist() == [100.0] * 3
-    )
-    few = VolumeSpread.fit(errors[:3], 30.0)  # a small cohort: every case's quantiles only
-    assert few.cases == {"all": 3} and few.levels_for("future:1")[-1] == errors[2][1]
-    with pytest.raises(ValueError, match="no labelled validation case"):
-        VolumeSpread.fit([], 30.0)
+    assert np.percentile(targets, 50) == pytest.approx(100.0)
+    stable = spread.targets("future:2+", 100.0, horizon_years(730.5, 365.25), 3)
+    assert np.allclose(stable, 100.0)
+    few = VolumeSpread.fit({"future:1": [-1.0, -0.8, -0.6]}, 30.0)  # a small cohort
+    assert few.cases == {"all": 3} and few.levels_for("future:1")[-1] == -0.6
+    with pytest.raises(ValueError, match="no calibration case"):
+        VolumeSpread.fit({"future:1": []}, 30.0)
     z, y, x = np.mgrid[:20, :20, :20]
     ball = ((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2 <= 16).astype(np.uint8)  # core
     ball[((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2 > 9) & (ball == 1)] = 2  # edema rim
@@ -219,7 +218,7 @@ def test_generative_predictor_keeps_the_forecast_outside_the_cube(tiny_series):
             GenerativePredictor(
                 base_model, tiny_denoiser(out_channels=4), replace(settings, volumes=volumes)
             )
-    volumes = VolumeSpread.fit([("future:1", r) for r in (-2.0, -1.0, 0.0, 1.0, 2.0)], 30.0)
+    volumes = VolumeSpread.fit({"future:1": [-2.0, -1.0, 0.0, 1.0, 2.0]}, 30.0)
     settings = replace(settings, volumes=volumes.to_dict())
     predictor = GenerativePredictor(base_model, tiny_denoiser(out_channels=4), settings, 3, 4)
     pred = predictor.predict(visits[:1], visits[1].days)
@@ -258,21 +257,34 @@ GENERATIVE = {
 }
 
 
+def _calibrated_copy_last() -> CopyLast:
+    """Copy-last carrying a volume calibration, as a trained base checkpoint does."""
+    cases = [VolumeCase("future", k % 2 + 1, 90.0, 2.0, 2.0 + 0.3 * k) for k in range(6)]
+    base = CopyLast()
+    base.calibration = VolumeCalibration.fit(cases, 0.8, 30.0)
+    return base
+
+
 def test_train_generator_is_deterministic_resumable_and_reloads(tiny_series, tmp_path):
     specs = forecast_specs(tiny_series[0], 3)
     assert specs[:3] == [((0,), 1), ((1,), 2), ((0, 1), 2)]
     gap_fillers = generator_specs(tiny_series[0], 3, True)[len(specs) :]
     assert gap_fillers and all(max(context) > target for context, target in gap_fillers)
     params = Params.model_validate({"seed": 3, "generative": GENERATIVE})
-    args = (CopyLast(), ("T1w", "FLAIR"), tiny_series[:2], tiny_series[2:3])
+    with pytest.raises(ValueError, match=r"no calibrated future volume errors.*retrain"):
+        train_generator(params, CopyLast(), ("T1w",), tiny_series[:2], [], tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # refused before any work
+    base = _calibrated_copy_last()
+    args = (base, ("T1w", "FLAIR"), tiny_series[:2], tiny_series[2:3])
     runs = []
     for name in ("a", "b"):
         result = train_generator(params, *args, tmp_path / name)
         assert result.checkpoint_dir == tmp_path / name / "best" and result.epochs_run == 2
         runs.append(load_generator(result.checkpoint_dir))
         assert result.settings.spread in (0.5, 1.0) and runs[-1][1] == result.settings
-        spread = VolumeSpread(**result.settings.volumes)
-        assert spread.cases["all"] >= 5 and len(spread.quantiles["all"]) == 21
+        spread = VolumeSpread(**result.settings.volumes)  # the base's calibration cases'
+        assert spread.cases == {"all": 6, "future": 6} and len(spread.quantiles["all"]) == 21
+        assert spread.quantiles["all"][-1] == max(max(r) for r in base.calibration.rates.values())
         assert (result.settings.n_samples, result.settings.seed) == (2, 3)
     # interrupted after one epoch, then resumed: the same generator as an uninterrupted run
     one = Params.model_validate({"seed": 3, "generative": {**GENERATIVE, "epochs": 1}})
@@ -301,6 +313,7 @@ def test_a_generator_checkpoint_carries_its_base_and_summarises_its_samples(tiny
     one predictor, and each sample's drawn label is summed up into lesion probability, volumes
     and status probabilities; the pyfunc flavour draws residuals from a conditioning."""
     from mtlgen.data.splits import Split
+    from mtlgen.evaluate.calibration import calibrate_checkpoint
     from mtlgen.inference.model import load_predictor
     from mtlgen.models.mtl_net import MultiTaskNet
     from mtlgen.track.pyfunc import _load_pyfunc
@@ -318,6 +331,7 @@ def test_a_generator_checkpoint_carries_its_base_and_summarises_its_samples(tiny
             "generative": {**GENERATIVE, "base": str(tmp_path / "mtl"), "n_samples": 3},
         }
     )
+    calibrate_checkpoint(params, tiny_series, split, tmp_path / "mtl")  # as `mtlgen train` does
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         bad = params.model_copy(
             update={

@@ -104,7 +104,12 @@ def test_calibration_file_round_trips_and_bad_files_are_named(tmp_path):
     path = calibration.save(tmp_path)
     assert path.name == CALIBRATION_FILE
     assert load_calibration(tmp_path) == calibration
-    assert json.loads(path.read_text())["radius_per_year"]["future:1"] is None
+    saved = json.loads(path.read_text())
+    assert saved["radius_per_year"]["future:1"] is None
+    rates = saved["rates_per_year"]  # the signed errors, by group, for the generator's samples
+    assert sorted(rates) == ["future:1", "future:2+"] and len(rates["future:2+"]) == 12
+    scores = [abs(r) for group in rates.values() for r in group]  # the radii: magnitudes
+    assert conformal_radius(scores, 0.9) == pytest.approx(calibration.radius["all"], abs=1e-6)
     path.write_text("{not json")
     with pytest.raises(ValueError, match=CALIBRATION_FILE):
         load_calibration(tmp_path)

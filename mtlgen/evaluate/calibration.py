@@ -1,6 +1,14 @@
-"""Calibration on the validation patients' cases: volume intervals of predictors
+"""Calibration on cases the model has not learned from: volume intervals of predictors
 (``mtlgen.inference.intervals``), for evaluation and for a trained checkpoint, and a trained
-checkpoint's image fallback (``mtlgen.inference.fallback``)."""
+checkpoint's image fallback (``mtlgen.inference.fallback``).
+
+A handful of validation patients gives too few cases for an 80 % interval of a forecast from
+one visit (measured over 6 splits of each cohort with the growth prior alone,
+``bench/volume_corrections.py --coverage``). The progression head's forecast of a case whose
+context masks are given is a closed form with two fitted numbers per volume type (the growth
+prior), so a checkpoint's intervals also use the training patients' future and gap-filling
+cases whose visits are all labelled, each forecast by a growth prior fitted without that
+patient (``cross_fitted_cases``): out of sample, as the validation patients' are."""
 
 from __future__ import annotations
 
@@ -8,10 +16,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from mtlgen.config import EvaluateConfig, Params, ProgressionConfig
 from mtlgen.data.splits import Split
+from mtlgen.data.trajectories import Trajectories, volume_trajectories
 from mtlgen.evaluate.cases import (
     SEGMENTATION_KINDS,
     answers,
@@ -26,20 +36,23 @@ from mtlgen.inference.intervals import VolumeCalibration, VolumeCase, group_of, 
 from mtlgen.inference.model import ModelPredictor, load_predictor
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.series import PatientSeries
-from mtlgen.progression import label_volume_ml, voxel_spacing_mm
+from mtlgen.models.priors import extrapolated_log_volume, fit_growth_prior
+from mtlgen.progression import DAYS_PER_YEAR, label_volume_ml, voxel_spacing_mm
 
 log = logging.getLogger(__name__)
 
 
-def calibrate_volumes(
+CROSS_FIT_FOLDS = 5  # groups of training patients, each forecast by a prior fitted on the others
+
+
+def volume_cases(
     predictors: Sequence[Predictor],
     series: Sequence[PatientSeries],
-    progression: ProgressionConfig,
     max_context: int,
     reconstruction: bool = True,
     progress: bool = True,
-) -> dict[str, VolumeCalibration]:
-    """Each predictor's volume calibration on the labelled cases of ``series`` (the validation
+) -> dict[str, list[VolumeCase]]:
+    """Each predictor's volume forecasts of the labelled cases of ``series`` (the validation
     patients'), by name; a generative predictor's volume is its ``point_forecast``'s."""
     cases: dict[str, list[VolumeCase]] = {p.name: [] for p in predictors}
     specs = sum(len(case_specs(s, max_context, reconstruction)) for s in series)
@@ -58,6 +71,54 @@ def calibrate_volumes(
                     cases[predictor.name].append(
                         VolumeCase(kind, len(context), horizon, pred.core_volume_ml, true_ml)
                     )
+    return cases
+
+
+def growth_prior_cases(
+    cases: Trajectories, capacity: torch.Tensor, weight: torch.Tensor
+) -> list[VolumeCase]:
+    """The progression head's core-volume forecast of ``cases`` by the growth prior
+    (``fit_growth_prior``'s carrying capacities and Gompertz weights), as calibration cases."""
+    weights = torch.zeros(2, 3)
+    weights[:, 2] = weight.clamp(0.0, 0.99)  # as ``MultiTaskNet.set_growth_prior``
+    log_volume = extrapolated_log_volume(
+        cases.volumes, cases.years, cases.valid, cases.ref, weights, capacity
+    )
+    out = []
+    for i in range(len(cases)):
+        valid = cases.valid[i]
+        horizon = float(cases.years[i][valid].abs().min()) * DAYS_PER_YEAR
+        predicted = float(log_volume[i, 0].expm1().clamp_min(0.0))
+        true_ml = float(cases.truth[i, 0])
+        out.append(VolumeCase(cases.kinds[i], int(valid.sum()), horizon, predicted, true_ml))
+    return out
+
+
+def cross_fitted_cases(cases: Trajectories, folds: int = CROSS_FIT_FOLDS) -> list[VolumeCase]:
+    """``growth_prior_cases`` of every case, each patient's by the growth prior fitted on the
+    future cases of the other ``folds - 1`` groups of patients (fold by fold)."""
+    patients = sorted(set(cases.patients))
+    out: list[VolumeCase] = []
+    for k in range(min(folds, len(patients))):
+        held = patients[k::folds]
+        rest = cases.of([p for p in patients if p not in held]).future()
+        if len(rest):
+            prior = fit_growth_prior(rest.volumes, rest.years, rest.valid, rest.ref, rest.truth)
+            out += growth_prior_cases(cases.of(held), *prior)
+    return out
+
+
+def calibrate_volumes(
+    predictors: Sequence[Predictor],
+    series: Sequence[PatientSeries],
+    progression: ProgressionConfig,
+    max_context: int,
+    reconstruction: bool = True,
+    progress: bool = True,
+) -> dict[str, VolumeCalibration]:
+    """Each predictor's volume calibration on the labelled cases of ``series`` (the validation
+    patients'), by name."""
+    cases = volume_cases(predictors, series, max_context, reconstruction, progress)
     level, min_days = progression.interval_level, progression.interval_min_days
     return {name: VolumeCalibration.fit(c, level, min_days) for name, c in cases.items()}
 
@@ -102,11 +163,12 @@ def fit_image_fallback(
 def calibrate_checkpoint(
     params: Params, series: Sequence[PatientSeries], split: Split, checkpoint_dir: Path
 ) -> Path | None:
-    """Calibrate a trained 3-D checkpoint's volume intervals and, with an image head, its image
-    fallback on the split's validation patients and save them beside its weights
-    (``calibration.json``, ``fallback.json``), so that the registered model carries them into
-    ``mtlgen predict``. Returns the intervals' file; None (nothing written) without validation
-    patients or for a 2-D model."""
+    """Calibrate a trained 3-D checkpoint's volume intervals (on the split's validation
+    patients, and with a progression head also on ``cross_fitted_cases`` of its training
+    patients) and, with an image head, its image fallback (validation patients) and save them
+    beside its weights (``calibration.json``, ``fallback.json``), so that the registered model
+    carries them into ``mtlgen predict``. Returns the intervals' file; None (nothing written)
+    without validation patients or for a 2-D model."""
     val_series = select_series(series, split.val, "validation")
     if not val_series:
         log.warning("no validation patients: %s gets no volume intervals", checkpoint_dir)
@@ -116,18 +178,23 @@ def calibrate_checkpoint(
     except ValueError as exc:  # a 2-D model answers slices, not the volumes a case needs
         log.warning("%s: no volume intervals (%s)", checkpoint_dir, exc)
         return None
-    calibration = calibrate_volumes(
-        [predictor],
-        val_series,
-        params.progression,
-        params.data.max_context,
-        params.data.reconstruction,
-    )[predictor.name]
+    max_context, reconstruction = params.data.max_context, params.data.reconstruction
+    cases = volume_cases([predictor], val_series, max_context, reconstruction)[predictor.name]
+    n_val = len(cases)
+    if "progression" in predictor.model.tasks:
+        train_series = select_series(series, split.train, "training")
+        cases += cross_fitted_cases(volume_trajectories(train_series, max_context, reconstruction))
+    progression = params.progression
+    calibration = VolumeCalibration.fit(
+        cases, progression.interval_level, progression.interval_min_days
+    )
     path = calibration.save(checkpoint_dir)
     log.info(
-        "volume intervals at level %g calibrated on %d validation cases -> %s",
+        "volume intervals at level %g calibrated on %d validation and %d cross-fitted training"
+        " cases -> %s",
         calibration.level,
-        calibration.cases.get("all", 0),
+        n_val,
+        len(cases) - n_val,
         path,
     )
     if "image" in predictor.model.tasks:

@@ -1,6 +1,7 @@
 """Evaluate predictors (models and baselines) side by side on the test patients' cases.
 
-Every predictor's volume interval is calibrated on the validation patients' cases first
+Every predictor's volume interval is its checkpoint's own (``calibration.json``, as ``mtlgen
+predict`` answers) or else calibrated on the validation patients' cases first
 (``mtlgen.evaluate.calibration``); then each test case (``mtlgen.evaluate.cases``) is answered by
 every predictor and scored (``mtlgen.evaluate.scores``), and the rows are aggregated
 (``mtlgen.evaluate.aggregate``). Outputs in ``out_dir``: ``metrics.json`` (per predictor, per case
@@ -115,6 +116,33 @@ def _case_rows(
     return rows, predictions
 
 
+def _calibrations(
+    predictors: Sequence[Predictor],
+    val_series: Sequence[PatientSeries],
+    progression: ProgressionConfig,
+    max_context: int,
+    reconstruction: bool,
+    progress: bool,
+) -> dict[str, VolumeCalibration]:
+    """Each predictor's volume intervals: a checkpoint's own (what ``mtlgen predict``
+    answers), else calibrated on the validation patients."""
+    own = {p.name: c for p in predictors if (c := _own_calibration(p)) is not None}
+    rest = [p for p in predictors if p.name not in own]
+    if not rest:
+        return own
+    if not val_series:
+        log.warning("the split has no validation patients: no calibrated volume intervals")
+        return own
+    fitted = calibrate_volumes(rest, val_series, progression, max_context, reconstruction, progress)
+    return {**own, **fitted}
+
+
+def _own_calibration(predictor: Predictor) -> VolumeCalibration | None:
+    """The calibration a loaded checkpoint (or a generator's base) carries, if any."""
+    model = getattr(predictor, "point_forecast", predictor)
+    return getattr(predictor, "calibration", None) or getattr(model, "calibration", None)
+
+
 def evaluate_predictors(
     series: Sequence[PatientSeries],
     split: Split,
@@ -133,13 +161,9 @@ def evaluate_predictors(
     names = _check_settings(predictors, cfg)
     chosen = select_test_series(series, split)
     calibration_series = select_series(series, split.val, "validation")
-    calibrations: dict[str, VolumeCalibration] = {}
-    if calibration_series:
-        calibrations = calibrate_volumes(
-            predictors, calibration_series, progression, max_context, reconstruction, progress
-        )
-    else:
-        log.warning("the split has no validation patients: no calibrated volume intervals")
+    calibrations = _calibrations(
+        predictors, calibration_series, progression, max_context, reconstruction, progress
+    )
     n_cases = sum(len(case_specs(s, max_context, reconstruction)) for s in chosen)
     counts = dict.fromkeys(KINDS, 0)
     rows: list[dict] = []

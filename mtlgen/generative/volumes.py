@@ -4,19 +4,19 @@ The drawn label residuals give each sample a plausible lesion shape, but their v
 less than the forecast's real error (measured: the 80 % sample volume interval held 6 % of true
 volumes on the demo cohort). As in the post-processing of weather ensembles, the marginal is
 calibrated separately and the raw ensemble keeps the dependence: the samples' core volumes are
-set to the quantiles of the forecast's log-volume error measured on validation patients (per
-year of horizon, by the groups and horizon floor of the conformal intervals,
-``mtlgen.inference.intervals``), assigned in the order of the samples' own drawn volumes, and
-each drawn core is grown or shrunk along its signed distance to its volume.
+set to the quantiles of the base forecast's signed log-volume errors per year of horizon, the
+very cases its conformal intervals are calibrated on (``rates_per_year`` of the base's
+``calibration.json``, by the groups and horizon floor of ``mtlgen.inference.intervals``),
+assigned in the order of the samples' own drawn volumes, and each drawn core is grown or shrunk
+along its signed distance to its volume.
 
-Volumes here are voxel counts inside the generator's cube; the error of a case is
-``(log1p(true) - log1p(forecast)) / years`` (``log_change_rate``).
+Volumes here are in ml: an error is ``log1p(true) - log1p(forecast)`` per year.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,13 +25,9 @@ from scipy import ndimage
 log = logging.getLogger(__name__)
 
 LEVELS = np.linspace(0.0, 1.0, 21)  # the quantile levels a fitted spread keeps
-MIN_CASES = 5  # a group with fewer validation cases borrows its kind's, then every case's
+MIN_CASES = 5  # a group with fewer calibration cases borrows its kind's, then every case's
 ALL = "all"
-
-
-def log_change_rate(forecast: float, truth: float, years: float) -> float:
-    """The signed log-volume error per year of horizon."""
-    return (np.log1p(truth) - np.log1p(forecast)) / years
+GENERATED_KINDS = ("future", "reconstruction")  # the case kinds a generator draws
 
 
 @dataclass(frozen=True)
@@ -44,22 +40,23 @@ class VolumeSpread:
     cases: dict[str, int]
 
     @classmethod
-    def fit(cls, errors: Sequence[tuple[str, float]], min_days: float) -> VolumeSpread:
-        """From (group, ``log_change_rate``) of validation cases; groups and kinds with fewer
-        than ``MIN_CASES`` are left to their kind's or every case's quantiles (every case's are
-        kept however few, with a warning: a small cohort still gets samples)."""
-        if not errors:
-            raise ValueError("no labelled validation case: the sample volumes cannot be calibrated")
-        if len(errors) < MIN_CASES:
+    def fit(cls, rates: Mapping[str, Sequence[float]], min_days: float) -> VolumeSpread:
+        """From the signed log-volume errors per year of calibration cases, by group
+        (``VolumeCalibration.rates``); groups and kinds with fewer than ``MIN_CASES`` are left
+        to their kind's or every case's quantiles (every case's are kept however few, with a
+        warning: a small cohort still gets samples)."""
+        pools: dict[str, list[float]] = {ALL: []}
+        for group, values in rates.items():
+            for key in (group, group.split(":")[0], ALL):
+                pools.setdefault(key, []).extend(float(v) for v in values)
+        if not pools[ALL]:
+            raise ValueError("no calibration case: the sample volumes cannot be calibrated")
+        if len(pools[ALL]) < MIN_CASES:
             log.warning(
-                "sample volumes calibrated on %d validation cases only (%d or more steady them)",
-                len(errors),
+                "sample volumes calibrated on %d cases only (%d or more steady them)",
+                len(pools[ALL]),
                 MIN_CASES,
             )
-        pools: dict[str, list[float]] = {ALL: []}
-        for group, value in errors:
-            for key in (group, group.split(":")[0], ALL):
-                pools.setdefault(key, []).append(float(value))
         kept = {k: v for k, v in pools.items() if k == ALL or len(v) >= MIN_CASES}
         return cls(
             min_days,
@@ -78,11 +75,11 @@ class VolumeSpread:
         raise KeyError(f"volume spread has no quantiles for {group!r} nor a fallback")
 
     def targets(self, group: str, forecast: float, years: float, n: int) -> np.ndarray:
-        """``n`` voxel counts ``years`` ahead (the floored horizon) at evenly spaced levels 0..1
-        of the group's error distribution (so the p-th percentile of the samples is the
-        distribution's p-th quantile)."""
+        """``n`` volumes (ml) ``years`` ahead (the floored horizon) of a ``forecast`` (ml) at
+        evenly spaced levels 0..1 of the group's error distribution (so the p-th percentile of
+        the samples is the distribution's p-th quantile)."""
         rates = np.interp(np.linspace(0.0, 1.0, n), LEVELS, self.levels_for(group))
-        return np.maximum(np.expm1(np.log1p(forecast) + rates * years), 0.0).round()
+        return np.maximum(np.expm1(np.log1p(forecast) + rates * years), 0.0)
 
 
 def resize_core(label: np.ndarray, count: int) -> np.ndarray:

@@ -257,9 +257,11 @@ class GenerativePredictor:
         kind = "future" if next_visit(context, target_days) is None else "reconstruction"
         horizon = horizon_days([v.days for v in context], target_days)
         years = horizon_years(horizon, self.volumes.min_days)
-        core = float((forecast == 1).sum())
-        targets = self.volumes.targets(group_of(kind, len(context)), core, years, len(residuals))
-        return couple(labels_from_residuals(forecast, residuals), targets)
+        vox = voxel_volume_ml(reference_visit(context, target_days).affine)
+        core_ml = float((forecast == 1).sum()) * vox
+        group = group_of(kind, len(context))
+        targets = self.volumes.targets(group, core_ml, years, len(residuals)) / vox
+        return couple(labels_from_residuals(forecast, residuals), targets.round())
 
     def _summarised(
         self,

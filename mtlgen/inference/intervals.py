@@ -3,13 +3,16 @@
 The score of a calibration case is its log-volume error per year of horizon, ``|log1p(true) -
 log1p(predicted)| / max(horizon, min_days)`` (volumes in mL; the horizon is the distance from
 the target to the nearest context visit): an error in a growth rate grows with the time it is
-extrapolated over. Calibration cases are the validation patients' cases, never the training or
-test patients'. Per group (case kind, and one against several context visits: a single visit has
-no trajectory) the radius is the ``ceil((n + 1) * level)``-th smallest of the group's ``n``
-scores, and a case's interval is ``expm1(log1p(predicted) +- radius * max(horizon, min_days))``
-(in years), clipped at 0. Exchangeable cases are then covered with probability >= ``level`` per
-group. A group with too few cases for a finite radius borrows its kind's scores, then every
-kind's; with too few of those too, the interval is unbounded.
+extrapolated over. Calibration cases are never the test patients': the validation patients',
+and the training patients' where the forecast is still out of sample there
+(``mtlgen.evaluate.calibration``). Per group (case kind, and one against several context
+visits: a single visit has no trajectory) the radius is the ``ceil((n + 1) * level)``-th
+smallest of the group's ``n`` scores, and a case's interval is ``expm1(log1p(predicted) +-
+radius * max(horizon, min_days))`` (in years), clipped at 0. Exchangeable cases are then
+covered with probability >= ``level`` per group. A group with too few cases for a finite radius
+borrows its kind's scores, then every kind's; with too few of those too, the interval is
+unbounded. The signed errors are kept per group (``rates``): the generator's samples are
+calibrated to their distribution (``mtlgen.generative.volumes``).
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ def horizon_years(horizon: float, min_days: float) -> float:
     return max(horizon, min_days) / DAYS_PER_YEAR
 
 
-def score(case: VolumeCase, min_days: float) -> float:
-    """|log1p(true) - log1p(predicted)| per year of horizon."""
-    error = abs(math.log1p(case.true_ml) - math.log1p(case.predicted_ml))
+def signed_rate(case: VolumeCase, min_days: float) -> float:
+    """(log1p(true) - log1p(predicted)) per year of horizon."""
+    error = math.log1p(case.true_ml) - math.log1p(max(case.predicted_ml, 0.0))
     return error / horizon_years(case.horizon_days, min_days)
 
 
@@ -75,6 +78,7 @@ class VolumeCalibration:
     min_days: float
     radius: dict[str, float | None]  # group, kind or "all" -> radius (None: too few cases)
     cases: dict[str, int] = field(default_factory=dict)  # the same keys -> calibration cases
+    rates: dict[str, list[float]] = field(default_factory=dict)  # group -> ``signed_rate``s
 
     def __post_init__(self) -> None:
         if not 0 < self.level < 1:
@@ -89,12 +93,16 @@ class VolumeCalibration:
     def fit(cls, cases: Sequence[VolumeCase], level: float, min_days: float) -> VolumeCalibration:
         """Radii of every group, kind and of all ``cases`` pooled."""
         scored: dict[str, list[float]] = {ALL: []}
+        rates: dict[str, list[float]] = {}
         for case in cases:
-            value = score(case, min_days)
-            for key in (group_of(case.kind, case.context_visits), case.kind, ALL):
-                scored.setdefault(key, []).append(value)
+            value = signed_rate(case, min_days)
+            group = group_of(case.kind, case.context_visits)
+            rates.setdefault(group, []).append(round(value, 6))
+            for key in (group, case.kind, ALL):
+                scored.setdefault(key, []).append(abs(value))
         radius = {key: conformal_radius(scores, level) for key, scores in scored.items()}
-        return cls(level, min_days, radius, {key: len(s) for key, s in scored.items()})
+        counts = {key: len(s) for key, s in scored.items()}
+        return cls(level, min_days, radius, counts, {k: sorted(v) for k, v in rates.items()})
 
     def radius_for(self, kind: str, context_visits: int) -> float | None:
         """The group's radius, else its kind's, else the pooled one (None: unbounded)."""
@@ -121,6 +129,7 @@ class VolumeCalibration:
             "min_days": self.min_days,
             "radius_per_year": self.radius,
             "cases": self.cases,
+            "rates_per_year": self.rates,
         }
 
     @classmethod
@@ -132,6 +141,7 @@ class VolumeCalibration:
                 float(data["min_days"]),
                 {str(k): None if r is None else float(r) for k, r in radius},
                 {str(k): int(n) for k, n in data.get("cases", {}).items()},
+                {str(k): [float(r) for r in v] for k, v in data.get("rates_per_year", {}).items()},
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"{where}: not a volume calibration ({exc})") from None

@@ -5,9 +5,10 @@ The validation patients' cubes choose the best epoch by their denoising loss (fi
 after training, the samples' ``centre`` and ``spread`` (``fit_sample_shape``): how far the
 samples' mean moves from the deterministic forecast (least MAE) and how wide they are around it
 (least CRPS). The base model has seen the training patients, so its residuals there are smaller
-than on new patients; the factors fitted on the validation patients correct for that. From
-every labelled validation cube the forecast's core-volume error gives the quantiles the
-samples' volumes are calibrated to (``volume_errors``, ``mtlgen.generative.volumes``).
+than on new patients; the factors fitted on the validation patients correct for that. The
+samples' volumes are calibrated to the base forecast's errors on its own calibration cases
+(``sample_volume_spread``, ``mtlgen.generative.volumes``): a base without them is refused
+before any training.
 
 On CUDA when present (``train.device``), with bfloat16 autocast; the cubes stay in host memory.
 Seeded: one seed fixes the initial weights, the cubes drawn, their flips and the noise, so the
@@ -35,23 +36,20 @@ from tqdm.auto import tqdm
 
 from mtlgen.config import GenerativeConfig, Params
 from mtlgen.generative.crps import ensemble_crps
-from mtlgen.generative.labels import CLASSES, labels_from_residuals
+from mtlgen.generative.labels import CLASSES
 from mtlgen.generative.network import ResidualDenoiser
 from mtlgen.generative.objective import denoising_loss
 from mtlgen.generative.pipeline import ResidualDiffusionPipeline
 from mtlgen.generative.schedulers import training_scheduler
-from mtlgen.generative.volumes import VolumeSpread, log_change_rate
+from mtlgen.generative.volumes import GENERATED_KINDS, VolumeSpread
 from mtlgen.inference.generative import (
     GeneratorSettings,
     cond_channels,
-    forecast_label,
     out_channels,
 )
-from mtlgen.inference.intervals import group_of, horizon_years
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.atomic import write_text_atomic
 from mtlgen.io.series import PatientSeries
-from mtlgen.progression import DAYS_PER_YEAR
 from mtlgen.train.distributed import select_device
 from mtlgen.train.loop import TrainLogger
 from mtlgen.train.residuals import ResidualCases, flipped_batch, residual_cases
@@ -133,25 +131,19 @@ def _image_scores(
     return centre, min(crps, key=crps.get), scores
 
 
-def volume_errors(cases: ResidualCases, min_days: float) -> list[tuple[str, float]]:
-    """(group, log-volume error per year) of the forecast's core in each labelled cube."""
-    n_images = cases.residual.shape[1] - len(CLASSES)
-    errors = []
-    for i in range(len(cases)):
-        if not cases.valid[i, n_images:].all():
-            continue
-        cond = cases.cond[i].numpy()
-        forecast = forecast_label(cond, n_images)
-        truth = labels_from_residuals(forecast, cases.residual[i, None, n_images:].numpy())[0]
-        gap_before, gap_after = float(cond[-2].flat[0]), float(cond[-1].flat[0])
-        horizon = min(gap_before, gap_after) if gap_after > 0 else gap_before  # years
-        years = horizon_years(horizon * DAYS_PER_YEAR, min_days)
-        group = group_of(
-            "reconstruction" if gap_after > 0 else "future", int(cases.context_visits[i])
+def sample_volume_spread(predictor: Predictor, min_days: float) -> VolumeSpread:
+    """The spread the samples' volumes are calibrated to: quantiles of the base forecast's
+    signed errors on its calibration cases (``rates`` of its ``calibration.json``) of the
+    generated kinds."""
+    calibration = getattr(predictor, "calibration", None)
+    rates = {} if calibration is None else calibration.rates
+    generated = {g: r for g, r in rates.items() if g.split(":")[0] in GENERATED_KINDS}
+    if not generated:
+        raise ValueError(
+            f"the base model ({predictor.name}) has no calibrated future volume errors"
+            " (rates_per_year in its calibration.json): retrain it with `mtlgen train`"
         )
-        rate = log_change_rate((forecast == 1).sum(), (truth == 1).sum(), years)
-        errors.append((group, float(rate)))
-    return errors
+    return VolumeSpread.fit(generated, min_days)
 
 
 def fit_sample_shape(
@@ -237,6 +229,7 @@ def train_generator(
         tuple(contrasts), cfg.crop, cfg.residual_scale, cfg.train_timesteps, cfg.sampler, cfg.steps
     )
     settings = replace(settings, n_samples=cfg.n_samples, seed=seed)
+    volumes = sample_volume_spread(predictor, params.progression.interval_min_days)
     max_context, recon = params.data.max_context, params.data.reconstruction
     train = residual_cases(predictor, train_series, settings, max_context, recon, progress)
     val = residual_cases(predictor, val_series, settings, max_context, recon, progress)
@@ -271,10 +264,6 @@ def train_generator(
     pipeline = ResidualDiffusionPipeline(best, scheduler, cfg.sampler, cfg.steps)
     chosen = torch.linspace(0, len(val) - 1, min(cfg.spread_cases, len(val))).round().long()
     shape = fit_sample_shape(pipeline, val.subset(chosen), cfg, seed)
-    volumes = VolumeSpread.fit(
-        volume_errors(val, params.progression.interval_min_days),
-        params.progression.interval_min_days,
-    )
     settings = replace(
         settings, centre=shape.centre, spread=shape.spread, volumes=volumes.to_dict()
     )

@@ -4,7 +4,7 @@ of every future target, in lesion-centred cubes, with their conditioning (``cond
 
 Cases: every future target of the training and of the validation patients with every context
 length up to ``max_context`` (the forecast from one visit misses differently from the forecast
-from three, and the volume calibration needs each); and, with ``data.reconstruction``, every
+from three); and, with ``data.reconstruction``, every
 gap filler (a visit between two others, from the visits around it).
 """
 
@@ -30,26 +30,22 @@ log = logging.getLogger(__name__)
 @dataclass
 class ResidualCases:
     """Cubes of conditioning ``[N, 3C + 8, *cube]``, residual (images, then labels)
-    ``[N, C + 2, *cube]``, valid ``[N, C + 2]``, and each case's number of context visits
-    ``[N]``."""
+    ``[N, C + 2, *cube]`` and valid ``[N, C + 2]``."""
 
     cond: torch.Tensor
     residual: torch.Tensor
     valid: torch.Tensor
-    context_visits: torch.Tensor
 
     def __len__(self) -> int:
         return self.cond.shape[0]
 
     def subset(self, idx: torch.Tensor) -> ResidualCases:
-        return ResidualCases(
-            self.cond[idx], self.residual[idx], self.valid[idx], self.context_visits[idx]
-        )
+        return ResidualCases(self.cond[idx], self.residual[idx], self.valid[idx])
 
     def fingerprint(self) -> str:
         """A hash of every cube: another base model or cohort gives other cases."""
         digest = hashlib.sha256()
-        for tensor in (self.cond, self.residual, self.valid, self.context_visits):
+        for tensor in (self.cond, self.residual, self.valid):
             digest.update(tensor.contiguous().numpy().tobytes())
         return digest.hexdigest()
 
@@ -87,7 +83,7 @@ def residual_cases(
     progress: bool = False,
 ) -> ResidualCases:
     """The predictor's residuals of every case of ``generator_specs`` of ``series``, in cubes."""
-    conds, residuals, valids, counts = [], [], [], []
+    conds, residuals, valids = [], [], []
     for patient in tqdm(series, desc="forecast residuals", unit="patient", disable=not progress):
         loaded: dict[int, VisitArrays] = {}
         for context_idx, j in generator_specs(patient, max_context, reconstruction):
@@ -109,14 +105,12 @@ def residual_cases(
             conds.append(cond)
             residuals.append(residual)
             valids.append(valid)
-            counts.append(len(context))
     if not conds:
         raise ValueError("no future targets: the generator needs patients with two visits")
     return ResidualCases(
         torch.from_numpy(np.stack(conds)),
         torch.from_numpy(np.stack(residuals)),
         torch.from_numpy(np.stack(valids)),
-        torch.tensor(counts),
     )
 
 
