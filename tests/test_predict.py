@@ -131,7 +131,7 @@ def test_a_generative_predictor_writes_std_maps_and_its_sampling_settings(tmp_pa
 
     torch.manual_seed(0)
     denoiser = ResidualDenoiser(4, 14, channels=(8, 8), norm_num_groups=8)
-    volumes = VolumeSpread.fit([("future:1", r) for r in range(5)], 30.0).to_dict()
+    volumes = VolumeSpread.fit({"future:1": list(range(5))}, 30.0).to_dict()
     settings = GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 100, "ddim", 2, volumes=volumes)
     predictor = GenerativePredictor(make_baseline("linear", 0.25, 0.25), denoiser, settings, 3, 4)
     series = tiny_series[0]

@@ -437,7 +437,7 @@ def test_predict_uses_the_generators_version_when_registered(tmp_path) -> None:
     assert source == {"model_name": "fc", "version": "1", "requested": "candidate"}
     gen = tmp_path / "gen"
     ResidualDenoiser(4, 14, channels=(8, 8)).save_pretrained(gen)
-    volumes = VolumeSpread.fit([("future:1", r) for r in range(5)], 30.0).to_dict()
+    volumes = VolumeSpread.fit({"future:1": list(range(5))}, 30.0).to_dict()
     GeneratorSettings(("T1w", "FLAIR"), 8, 0.1, 50, "ddim", 2, 3, volumes=volumes).save(gen)
     make_checkpoint(gen / "base", 0)
     with tracked_run(store, "train-generative"):

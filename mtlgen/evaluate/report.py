@@ -176,13 +176,14 @@ def _calibration_table(metrics: dict) -> list[str]:
     keys = [k for k in order if k in present]
     lines = [
         "",
-        f"## Volume intervals: calibration on {len(metrics['meta']['calibration_patients'])} "
-        "validation patients",
+        "## Volume intervals",
         "",
         "Split conformal (`mtlgen.inference.intervals`): an interval is "
         "expm1(log1p(predicted mL) ± radius × max(horizon, min_days) in years). Radius per "
-        "group (validation cases); – where too few cases give no finite radius (the case "
-        "borrows its kind's, then the pooled one).",
+        "group (calibration cases); – where too few cases give no finite radius (the case "
+        "borrows its kind's, then the pooled one). A trained model's calibration is its "
+        "checkpoint's (validation and cross-fitted training cases); the others' are the "
+        f"{len(metrics['meta']['calibration_patients'])} validation patients' cases.",
         "",
         "| group | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",
