@@ -313,7 +313,6 @@ def test_a_generator_checkpoint_carries_its_base_and_summarises_its_samples(tiny
     one predictor, and each sample's drawn label is summed up into lesion probability, volumes
     and status probabilities; the pyfunc flavour draws residuals from a conditioning."""
     from mtlgen.data.splits import Split
-    from mtlgen.evaluate.calibration import calibrate_checkpoint
     from mtlgen.inference.model import load_predictor
     from mtlgen.models.mtl_net import MultiTaskNet
     from mtlgen.track.pyfunc import _load_pyfunc
@@ -331,7 +330,6 @@ def test_a_generator_checkpoint_carries_its_base_and_summarises_its_samples(tiny
             "generative": {**GENERATIVE, "base": str(tmp_path / "mtl"), "n_samples": 3},
         }
     )
-    calibrate_checkpoint(params, tiny_series, split, tmp_path / "mtl")  # as `mtlgen train` does
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         bad = params.model_copy(
             update={
@@ -339,8 +337,12 @@ def test_a_generator_checkpoint_carries_its_base_and_summarises_its_samples(tiny
             }
         )
         train_generator_on_base(bad, tiny_series, split, tmp_path / "x", True, None)
+    # a base without calibration errors: calibrated in a copy, which the checkpoint carries
     result = train_generator_on_base(params, tiny_series, split, tmp_path / "gen", True, None)
     assert (result.checkpoint_dir / "base" / "model.safetensors").is_file()
+    assert not (tmp_path / "mtl" / "calibration.json").exists()  # the base itself untouched
+    carried = json.loads((result.checkpoint_dir / "base" / "calibration.json").read_text())
+    assert carried["rates_per_year"]["future:1"] and carried["cases"]["all"] > 1
     predictor = load_predictor(result.checkpoint_dir)
     assert predictor.n_samples == 3 and predictor.segments
     visits = [load_visit(v) for v in tiny_series[0].visits[:2]]

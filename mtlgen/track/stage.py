@@ -8,9 +8,11 @@ file's hash, and refuses anything that contains a source patient ID from the reg
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -23,6 +25,8 @@ from mtlgen.track.privacy import source_ids
 from mtlgen.track.provenance import data_version, environment, file_sha256
 from mtlgen.track.run import tracked_run
 from mtlgen.track.versions import register_checkpoint
+
+log = logging.getLogger(__name__)
 
 REGISTERED = "registered.json"  # beside a checkpoint: the model name and version it became
 
@@ -148,32 +152,44 @@ def train_generator_on_base(
 ):
     """Train the generator on ``generative.base``'s forecasts of the split's training patients
     (validation patients choose epoch and spread) and copy the base into the generator's
-    ``best/base/``, so that the checkpoint (and the registered model) is whole."""
+    ``best/base/``, so that the checkpoint (and the registered model) is whole. A base without
+    a calibration that keeps its per-case errors (one calibrated before they were kept) is
+    calibrated first, in a copy (``calibrate_checkpoint``; its weights untouched): that copy
+    becomes the checkpoint's base."""
+    from mtlgen.evaluate.calibration import calibrate_checkpoint
     from mtlgen.evaluate.cases import select_series
     from mtlgen.inference.generative import BASE
     from mtlgen.inference.model import ModelPredictor, load_predictor
     from mtlgen.train.generative import train_generator
 
     cfg = params.generative
-    base = load_predictor(cfg.base)
-    if not isinstance(base, ModelPredictor) or not base.segments:
-        raise ValueError(f"generative.base {cfg.base}: expected a multi-task checkpoint")
-    if run is not None:
-        run.log_params({"generative_base": str(cfg.base)})
-    result = train_generator(
-        params,
-        base,
-        base.contrasts,
-        select_series(series, split.train, "train"),
-        select_series(series, split.val, "validation"),
-        Path(out_dir or cfg.out_dir),
-        progress=True,
-        resume=resume,
-        logger=run,
-    )
-    target = result.checkpoint_dir / BASE
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(cfg.base, target, ignore=shutil.ignore_patterns(REGISTERED))
+    with tempfile.TemporaryDirectory(prefix="mtlgen-base-") as tmp:
+        base_dir = Path(cfg.base)
+        base = load_predictor(base_dir)
+        if not isinstance(base, ModelPredictor) or not base.segments:
+            raise ValueError(f"generative.base {cfg.base}: expected a multi-task checkpoint")
+        if base.calibration is None or not base.calibration.rates:
+            log.warning("%s keeps no calibration errors: recalibrating a copy", base_dir)
+            base_dir = Path(tmp) / BASE
+            shutil.copytree(cfg.base, base_dir, ignore=shutil.ignore_patterns(REGISTERED))
+            calibrate_checkpoint(params, series, split, base_dir)
+            base = load_predictor(base_dir)
+        if run is not None:
+            run.log_params({"generative_base": str(cfg.base)})
+        result = train_generator(
+            params,
+            base,
+            base.contrasts,
+            select_series(series, split.train, "train"),
+            select_series(series, split.val, "validation"),
+            Path(out_dir or cfg.out_dir),
+            progress=True,
+            resume=resume,
+            logger=run,
+        )
+        target = result.checkpoint_dir / BASE
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(base_dir, target, ignore=shutil.ignore_patterns(REGISTERED))
     return result
 
 
