@@ -45,3 +45,24 @@ def test_cross_fitted_cases_are_the_heads_forecast_by_a_prior_fitted_without_the
         with torch.no_grad():
             pred = predictor.predict(context, visits[j].days)
         assert case.predicted_ml == pytest.approx(pred.core_volume_ml, rel=1e-4, abs=1e-6)
+
+
+def test_evaluation_scores_a_checkpoint_with_its_own_calibration(tiny_series):
+    """What ``mtlgen predict`` answers is what is scored: a predictor carrying a calibration
+    (a checkpoint's ``calibration.json``, or a generator's base's) keeps it; the others are
+    calibrated on the validation patients."""
+    from mtlgen.config import ProgressionConfig
+    from mtlgen.evaluate.run import _calibrations
+    from mtlgen.inference.baselines import CopyLast, make_baseline
+    from mtlgen.inference.intervals import VolumeCalibration, VolumeCase
+    from mtlgen.inference.model import NamedPredictor
+
+    own = VolumeCalibration.fit([VolumeCase("future", 1, 90.0, 2.0, 3.0)] * 5, 0.8, 180.0)
+    carrier = CopyLast()
+    carrier.calibration = own
+    named = NamedPredictor("mtl", carrier)
+    linear = make_baseline("linear", 0.25, 0.25)
+    got = _calibrations([named, linear], tiny_series[:2], ProgressionConfig(), 2, True, False)
+    assert got["mtl"] is own
+    assert got["linear"].cases["all"] > 0 and got["linear"] != own
+    assert _calibrations([named, linear], [], ProgressionConfig(), 2, True, False) == {"mtl": own}
