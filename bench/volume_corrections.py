@@ -46,6 +46,7 @@ def main() -> None:
         MAX_LOG_VOLUME,
         extrapolated_log_volume,
         fit_growth_prior,
+        gompertz_weights,
         line_at_target,
     )
     from mtlgen.registry.series import load_series
@@ -73,8 +74,7 @@ def main() -> None:
         capacity, weight = fit_growth_prior(
             train.volumes, train.years, train.valid, train.ref, train.truth
         )
-        gompertz = torch.zeros(2, 3)
-        gompertz[:, 2] = weight
+        gompertz = gompertz_weights(weight)
         row = (
             core_mae(test, linear, capacity),
             exponential_mae(test),

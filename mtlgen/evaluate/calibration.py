@@ -36,7 +36,7 @@ from mtlgen.inference.intervals import VolumeCalibration, VolumeCase, group_of, 
 from mtlgen.inference.model import ModelPredictor, load_predictor
 from mtlgen.inference.prediction import Predictor
 from mtlgen.io.series import PatientSeries
-from mtlgen.models.priors import extrapolated_log_volume, fit_growth_prior
+from mtlgen.models.priors import extrapolated_log_volume, fit_growth_prior, gompertz_weights
 from mtlgen.progression import DAYS_PER_YEAR, label_volume_ml, voxel_spacing_mm
 
 log = logging.getLogger(__name__)
@@ -79,15 +79,13 @@ def growth_prior_cases(
 ) -> list[VolumeCase]:
     """The progression head's core-volume forecast of ``cases`` by the growth prior
     (``fit_growth_prior``'s carrying capacities and Gompertz weights), as calibration cases."""
-    weights = torch.zeros(2, 3)
-    weights[:, 2] = weight.clamp(0.0, 0.99)  # as ``MultiTaskNet.set_growth_prior``
     log_volume = extrapolated_log_volume(
-        cases.volumes, cases.years, cases.valid, cases.ref, weights, capacity
+        cases.volumes, cases.years, cases.valid, cases.ref, gompertz_weights(weight), capacity
     )
     out = []
     for i in range(len(cases)):
         valid = cases.valid[i]
-        horizon = float(cases.years[i][valid].abs().min()) * DAYS_PER_YEAR
+        horizon = horizon_days((cases.years[i][valid] * DAYS_PER_YEAR).tolist(), 0.0)
         predicted = float(log_volume[i, 0].expm1().clamp_min(0.0))
         true_ml = float(cases.truth[i, 0])
         out.append(VolumeCase(cases.kinds[i], int(valid.sum()), horizon, predicted, true_ml))

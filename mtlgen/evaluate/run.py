@@ -139,8 +139,7 @@ def _calibrations(
 
 def _own_calibration(predictor: Predictor) -> VolumeCalibration | None:
     """The calibration a loaded checkpoint (or a generator's base) carries, if any."""
-    model = getattr(predictor, "point_forecast", predictor)
-    return getattr(predictor, "calibration", None) or getattr(model, "calibration", None)
+    return getattr(getattr(predictor, "point_forecast", predictor), "calibration", None)
 
 
 def evaluate_predictors(

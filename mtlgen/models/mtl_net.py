@@ -50,6 +50,7 @@ from mtlgen.models.priors import (
     class_mean_change,
     dilate,
     extrapolated_log_volume,
+    gompertz_weights,
     mask_logits,
     nearest_given_mask,
     prior_probs,
@@ -189,8 +190,7 @@ class MultiTaskNet(nn.Module, LocalHubMixin, library_name="mtlgen"):
         towards the Gompertz forecast."""
         with torch.no_grad():
             self.log_capacity.copy_(capacity.log())
-            self.growth_weights.zero_()
-            self.growth_weights[:, 2] = gompertz_weight.clamp(0.0, 0.99)
+            self.growth_weights.copy_(gompertz_weights(gompertz_weight))
 
     def blur(self) -> torch.Tensor:
         """Point spread (voxels) of a label change in the image (``class_mean_change``)."""

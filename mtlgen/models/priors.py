@@ -129,6 +129,14 @@ def extrapolated_log_volume(
 GOMPERTZ_WEIGHTS = (0.25, 0.5, 0.75, 0.9, 0.95)  # tried by ``fit_growth_prior``
 
 
+def gompertz_weights(weight: torch.Tensor) -> torch.Tensor:
+    """``extrapolated_log_volume``'s weights [V, 3] that move the linear forecast towards the
+    Gompertz fit by ``weight`` [V] (clamped to [0, 0.99]) and towards nothing else."""
+    weights = torch.zeros(weight.shape[0], 3)
+    weights[:, 2] = weight.clamp(0.0, 0.99)
+    return weights
+
+
 def fit_growth_prior(
     volumes: torch.Tensor,
     years: torch.Tensor,
@@ -146,8 +154,7 @@ def fit_growth_prior(
     factors = 1.1 * 2.0 ** (torch.arange(25, dtype=torch.float32) / 4)  # 1.1x .. ~64x
 
     def error(w: float, factor: float) -> torch.Tensor:
-        weights = torch.zeros(n_types, 3)
-        weights[:, 2] = w
+        weights = gompertz_weights(torch.full((n_types,), w))
         log_volume = extrapolated_log_volume(volumes, years, valid, ref, weights, largest * factor)
         return (log_volume.expm1() - truth).abs().mean(0)  # [V]
 
