@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from mtlgen.config import SynthConfig
 from mtlgen.io.series import load_visit
-from mtlgen.preprocess.intensity import match_reference, scale_on_tissue
+from mtlgen.preprocess.intensity import match_bias_field, match_reference, scale_on_tissue
 from mtlgen.register.run import register_source
 from mtlgen.registry.series import load_series
 from mtlgen.synth.cohort import write_cohort
@@ -105,3 +105,31 @@ def test_normal_tissue_keeps_its_intensity_while_the_lesion_grows(growing_lesion
         drift = np.abs(np.array(levels) / levels[0] - 1)
         print(contrast, " ".join(f"{x:.3f}" for x in levels), f"max drift {drift.max():.4f}")
         assert drift.max() <= 0.02, (contrast, levels)
+
+
+def _bias(shape: tuple[int, int, int], rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A smooth multiplicative field: log-normal nodes 20 voxels apart, interpolated."""
+    coarse = rng.normal(0.0, strength, (3, 3, 3))
+    return np.exp(ndimage.zoom(coarse, np.array(shape) / 3, order=1)).astype(np.float32)
+
+
+def test_match_bias_field_removes_a_smooth_field_and_keeps_the_lesion_change():
+    rng = np.random.default_rng(2)
+    reference, ball = _head_phantom(rng)
+    reference = reference * _bias(reference.shape, rng, 0.1)
+    true_field = _bias(reference.shape, rng, 0.2)
+    follow = reference * true_field
+    offset = np.indices(ball.shape) - np.array([20, 12, 20])[:, None, None, None]
+    grown = ball & ((offset**2).sum(0) < 6**2)  # a lesion of about 900 voxels, twice as bright
+    follow[grown] *= 2.0
+    follow *= rng.normal(1.0, 0.02, follow.shape).astype(np.float32)
+    matched, field = match_bias_field(follow, reference, ball, sigma_vox=4.0)
+    normal = ball & ~ndimage.binary_dilation(grown, iterations=2)
+    bias = np.median(np.abs(np.log(true_field[normal])))
+    missed = np.median(np.abs(np.log(field[normal] / true_field[normal])))
+    assert bias > 0.05 and missed < 0.25 * bias, (bias, missed)
+    # the lesion is change, not bias: it keeps its contrast to the reference
+    assert np.median(matched[grown] / reference[grown]) == pytest.approx(2.0, rel=0.03)
+    assert field.shape == follow.shape and field.dtype == np.float32
+    same, ones = match_bias_field(follow, reference, np.zeros_like(ball), 4.0)
+    assert same is follow and (ones == 1).all()  # too few voxels: left alone

@@ -72,6 +72,7 @@ class PreprocessConfig(Section):
     intensity_floor_percentile: float = Field(1.0, ge=0, lt=50)
     intensity_tissue_value: float = Field(0.75, gt=0, le=10)
     intensity_match_baseline: bool = True
+    intensity_bias_sigma_mm: float = Field(15.0, ge=0, le=200)
     reference_contrasts: list[str] = Field(default_factory=lambda: ["T1w", "FLAIR"], min_length=1)
     align_levels: list[int] = Field(default_factory=lambda: [2, 1], min_length=1)
     align_bins: int = Field(32, ge=8, le=256)

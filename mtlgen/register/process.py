@@ -3,7 +3,8 @@
 A visit reuses its stored alignment while its reference contrast is unchanged; otherwise its
 reference contrast is aligned to the baseline's (``mtlgen.preprocess.align``). Images are
 resampled (linear) and scaled on normal tissue; a follow-up's image is then matched to the
-baseline's image of the same contrast (``mtlgen.preprocess.intensity``); labels are resampled
+baseline's image of the same contrast, its scale and its smooth bias field
+(``mtlgen.preprocess.intensity``); labels are resampled
 (nearest). The files are written as NIfTI under ``preprocess.out_dir/<pseudonym>/<visit>/``.
 """
 
@@ -21,7 +22,12 @@ from mtlgen.io.source_types import LABEL
 from mtlgen.io.validate import Volume
 from mtlgen.preprocess.align import AlignmentFailed, ncc, rigid_align
 from mtlgen.preprocess.grid import Grid
-from mtlgen.preprocess.intensity import foreground, match_reference, scale_on_tissue
+from mtlgen.preprocess.intensity import (
+    foreground,
+    match_bias_field,
+    match_reference,
+    scale_on_tissue,
+)
 from mtlgen.preprocess.resample import resample_to_grid
 from mtlgen.register.checks import Pending
 from mtlgen.register.quality import alignment_problem
@@ -160,12 +166,14 @@ def _write_on_grid(
             quality = None
         else:
             image, inside = grid_image(p.volume, grid, transform, params)
+            same = p.scan.modality == patient.reference and visit_id != patient.baseline_visit
+            # before the intensity match: NCC ignores scale, and a bias-field match could
+            # make any image resemble its baseline
+            quality = ncc(image, base.fixed, base.mask & inside) if same else None
             if visit_id != patient.baseline_visit and params.preprocess.intensity_match_baseline:
-                image = _matched(image, inside, base, p.scan.modality)
+                image = _matched(image, inside, base, p.scan.modality, params)
             p.processed = out_dir / f"{p.scan.modality}-{p.sha[:12]}.nii"
             save_nifti(p.processed, image, grid.affine, dtype=np.float32)
-            same = p.scan.modality == patient.reference and visit_id != patient.baseline_visit
-            quality = ncc(image, base.fixed, base.mask & inside) if same else None
         p.result = {"to_baseline": transform, "reference": reference, "mi": mi, "ncc": quality}
     if visit_id != patient.baseline_visit:
         nccs = [p.result["ncc"] for p in files if p.result["ncc"] is not None]
@@ -174,14 +182,22 @@ def _write_on_grid(
             p.review = problem or p.review
 
 
-def _matched(image: np.ndarray, inside: np.ndarray, base: _Baseline, contrast: str) -> np.ndarray:
+def _matched(
+    image: np.ndarray, inside: np.ndarray, base: _Baseline, contrast: str, params: Params
+) -> np.ndarray:
     """A follow-up image scaled onto its baseline's image of the same contrast over the head in
-    both (unchanged when the baseline lacks that contrast)."""
+    both, then freed of the smooth bias field between the two (unchanged when the baseline lacks
+    that contrast)."""
     reference = base.image(contrast)
     if reference is None:
         return image
     head = foreground(image, inside) & base.head(contrast)
-    return match_reference(image, reference, head)[0]
+    image = match_reference(image, reference, head)[0]
+    sigma_mm = params.preprocess.intensity_bias_sigma_mm
+    if sigma_mm > 0:
+        spacing = np.linalg.norm(base.grid.affine[:3, :3], axis=0)
+        image = match_bias_field(image, reference, head, tuple(sigma_mm / spacing))[0]
+    return image
 
 
 def stored_alignment(visit: Visit | None, images: dict[str, Pending]):
