@@ -17,6 +17,7 @@ from mtlgen.registry.models import Patient, PatientId, Review, Scan, Visit
 from mtlgen.report.build import SourceIdLeak, build_reports
 from mtlgen.report.growth import fit_growth, status_probabilities
 from mtlgen.report.html import index_page
+from mtlgen.report.summary import forecast_from_record
 
 MARGIN = 0.05  # a true status within this of a threshold (relative change) is not asserted
 
@@ -163,6 +164,29 @@ def test_a_source_id_in_a_page_stops_the_build(registered, tmp_path, pseudonyms,
     monkeypatch.setattr("mtlgen.report.html.growth_text", lambda s: f"leak {source}")
     with pytest.raises(SourceIdLeak, match="source patient id"):
         build_reports(params, tmp_path)
+
+
+def test_a_forecast_takes_the_generators_status_shares_else_reads_the_interval():
+    record = {
+        "model": {"checkpoint": "ckpt"},
+        "target_days": 400.0,
+        "core_volume_ml": 12.0,
+        "core_volume_low_ml": 9.0,
+        "core_volume_high_ml": 16.0,
+        "interval_level": 0.8,
+        "status": "stable",
+        "status_probs": {"progressive": 0.3, "stable": 0.6, "responding": 0.1},
+    }
+    sampled = forecast_from_record(record, 10.0, 0.25, 0.25)
+    assert sampled.probabilities == record["status_probs"]
+    assert sampled.probability_source == "samples"
+    read = forecast_from_record({**record, "status_probs": None}, 10.0, 0.25, 0.25)
+    assert read.probability_source == "interval"
+    assert read.probabilities == status_probabilities(12.0, 16.0, 0.8, 10.0, 0.25, 0.25)
+    assert read.probabilities != record["status_probs"]
+    bare = {**record, "status_probs": None, "core_volume_high_ml": None}
+    none = forecast_from_record(bare, 10.0, 0.25, 0.25)
+    assert none.probabilities is None and none.probability_source is None
 
 
 def test_status_probabilities_follow_the_interval():

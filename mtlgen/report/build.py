@@ -32,7 +32,7 @@ from mtlgen.track.provenance import dvc_hashes
 
 log = logging.getLogger(__name__)
 
-PAGE_FORMAT = "1"  # bump when a page's content or layout changes: every page is rebuilt
+PAGE_FORMAT = "2"  # bump when a page's content or layout changes: every page is rebuilt
 FINGERPRINT, SUMMARY = "fingerprint.txt", "summary.json"
 
 

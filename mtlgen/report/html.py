@@ -9,7 +9,7 @@ from html import escape
 from string import Template
 
 from mtlgen.progression import STATUSES
-from mtlgen.report.summary import PatientSummary, due_date_text
+from mtlgen.report.summary import PROBABILITY_SOURCES, PatientSummary, due_date_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -149,14 +149,14 @@ def _forecast(summary: PatientSummary) -> str:
         interval = f"{f.low_ml:.2f}-{high} mL ({f.level:.0%} interval)"
     probs = "the model's calibration gives no interval: no status probabilities"
     if f.probabilities:
-        probs = ", ".join(f"{s} {f.probabilities[s]:.0%}" for s in STATUSES)
+        shares = ", ".join(f"{s} {f.probabilities[s]:.0%}" for s in STATUSES)
+        probs = f"Status probabilities ({PROBABILITY_SOURCES[f.probability_source]}): {shares}"
     model = escape(model_text(f.model))
     return (
         f'<p id="forecast">Model ({model}) at day {f.target_days:.0f} '
         f"({escape(due_date_text(summary))}): "
         f"lesion core <b>{f.core_ml:.2f} mL</b>, {escape(interval)}, status "
-        f'<span class="status {f.status}">{f.status}</span>.<br>Status probabilities (from the '
-        f"calibrated interval, read as normal in log volume): {escape(probs)}.</p>"
+        f'<span class="status {f.status}">{f.status}</span>.<br>{escape(probs)}.</p>'
     )
 
 

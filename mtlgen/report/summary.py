@@ -40,6 +40,13 @@ class VisitSummary:
     mi: float | None
 
 
+# where a forecast's status probabilities come from, as a page says it
+PROBABILITY_SOURCES = {
+    "samples": "the share of the generator's samples",
+    "interval": "the calibrated interval, read as normal in log volume",
+}
+
+
 @dataclass(frozen=True)
 class Forecast:
     """The model's answer at the next due date."""
@@ -52,6 +59,9 @@ class Forecast:
     level: float | None
     status: Status
     probabilities: dict[str, float] | None
+    # "samples": the share of the generator's samples per status; "interval": the calibrated
+    # interval read as normal in log volume; None without probabilities
+    probability_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,8 +157,25 @@ def _visit_summaries(rows: PatientRows, measured: list[dict]) -> tuple[VisitSumm
     return tuple(visits)
 
 
-def _forecast(record: dict, reference_ml: float, increase: float, decrease: float) -> Forecast:
-    """A ``prediction.json`` record as a ``Forecast`` with its status probabilities."""
+def forecast_from_record(
+    record: dict, reference_ml: float, increase: float, decrease: float
+) -> Forecast:
+    """A ``prediction.json`` record as a ``Forecast``. Its status probabilities are the
+    generator's (the share of its samples per status) when the record has them, else read from
+    the calibrated interval (``status_probabilities``)."""
+    probabilities, source = record.get("status_probs"), "samples"
+    if not probabilities:
+        probabilities, source = (
+            status_probabilities(
+                record["core_volume_ml"],
+                record["core_volume_high_ml"],
+                record["interval_level"],
+                reference_ml,
+                increase,
+                decrease,
+            ),
+            "interval",
+        )
     return Forecast(
         dict(record["model"]),
         record["target_days"],
@@ -157,14 +184,8 @@ def _forecast(record: dict, reference_ml: float, increase: float, decrease: floa
         record["core_volume_high_ml"],
         record["interval_level"],
         record["status"],
-        status_probabilities(
-            record["core_volume_ml"],
-            record["core_volume_high_ml"],
-            record["interval_level"],
-            reference_ml,
-            increase,
-            decrease,
-        ),
+        probabilities,
+        source if probabilities else None,
     )
 
 
@@ -232,7 +253,7 @@ def summarise(
         prog.decrease,
         target,
         due,
-        _forecast(record, reference, prog.increase, prog.decrease) if record else None,
+        forecast_from_record(record, reference, prog.increase, prog.decrease) if record else None,
         tuple(_review(rows)),
         tuple(notes),
     )

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mtlgen.progression import STATUSES
-from mtlgen.report.summary import PatientSummary, due_date_text
+from mtlgen.report.summary import PROBABILITY_SOURCES, PatientSummary, due_date_text
 
 _COLOURS = {"progressive": "red", "stable": "white", "responding": "green"}
 
@@ -90,7 +90,7 @@ def render(summary: PatientSummary, model_note: str, console: Console | None = N
         )
         if f.probabilities:
             lines.append(
-                "status probabilities: "
+                f"status probabilities ({PROBABILITY_SOURCES[f.probability_source]}): "
                 + ", ".join(f"{s} {f.probabilities[s]:.0%}" for s in STATUSES)
             )
     review = (
