@@ -35,6 +35,7 @@ from mtlgen.config import load_config
 from mtlgen.evaluate.metrics import brain_region, near_region, region_mae
 from mtlgen.io.series import PatientSeries, VisitArrays, load_visit
 from mtlgen.preprocess.intensity import foreground, match_bias_field
+from mtlgen.progression import voxel_spacing_mm
 from mtlgen.registry.series import load_series
 
 REGIONS = ("brain", "near", "changed")
@@ -43,7 +44,7 @@ REGIONS = ("brain", "near", "changed")
 def _matched(visits: list[VisitArrays], sigma_mm: float) -> list[dict[str, np.ndarray]]:
     """Each visit's images, follow-ups matched to the baseline's bias field (sigma 0: as read)."""
     base = visits[0]
-    spacing = np.linalg.norm(base.affine[:3, :3], axis=0)
+    spacing = voxel_spacing_mm(base.affine)
     out = [dict(base.images)]
     for visit in visits[1:]:
         images = {}
@@ -53,9 +54,7 @@ def _matched(visits: list[VisitArrays], sigma_mm: float) -> list[dict[str, np.nd
                 images[contrast] = image
                 continue
             head = foreground(image, image > 0) & foreground(reference, reference > 0)
-            images[contrast] = match_bias_field(image, reference, head, tuple(sigma_mm / spacing))[
-                0
-            ]
+            images[contrast] = match_bias_field(image, reference, head, sigma_mm, spacing)[0]
         out.append(images)
     return out
 
@@ -80,7 +79,7 @@ def _drift(visits: list[VisitArrays], images: list[dict[str, np.ndarray]]) -> fl
 def _score(series: PatientSeries, sigmas: list[float], evaluate) -> dict[float, dict[str, list]]:
     """Per sigma: copy-last's MAE per region (one entry per case and contrast) and the drift."""
     visits = [load_visit(v) for v in series.visits]
-    spacing = np.linalg.norm(visits[0].affine[:3, :3], axis=0)
+    spacing = voxel_spacing_mm(visits[0].affine)
     out: dict[float, dict[str, list]] = {}
     for sigma in sigmas:
         images = _matched(visits, sigma)

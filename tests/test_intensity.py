@@ -123,7 +123,7 @@ def test_match_bias_field_removes_a_smooth_field_and_keeps_the_lesion_change():
     grown = ball & ((offset**2).sum(0) < 6**2)  # a lesion of about 900 voxels, twice as bright
     follow[grown] *= 2.0
     follow *= rng.normal(1.0, 0.02, follow.shape).astype(np.float32)
-    matched, field = match_bias_field(follow, reference, ball, sigma_vox=4.0)
+    matched, field = match_bias_field(follow, reference, ball, 4.0, (1.0, 1.0, 1.0))
     normal = ball & ~ndimage.binary_dilation(grown, iterations=2)
     bias = np.median(np.abs(np.log(true_field[normal])))
     missed = np.median(np.abs(np.log(field[normal] / true_field[normal])))
@@ -131,5 +131,5 @@ def test_match_bias_field_removes_a_smooth_field_and_keeps_the_lesion_change():
     # the lesion is change, not bias: it keeps its contrast to the reference
     assert np.median(matched[grown] / reference[grown]) == pytest.approx(2.0, rel=0.03)
     assert field.shape == follow.shape and field.dtype == np.float32
-    same, ones = match_bias_field(follow, reference, np.zeros_like(ball), 4.0)
+    same, ones = match_bias_field(follow, reference, np.zeros_like(ball), 4.0, (1.0, 1.0, 1.0))
     assert same is follow and (ones == 1).all()  # too few voxels: left alone

@@ -108,19 +108,21 @@ def match_bias_field(
     image: np.ndarray,
     reference: np.ndarray,
     mask: np.ndarray,
-    sigma_vox: float | tuple[float, float, float],
+    sigma_mm: float,
+    spacing_mm: tuple[float, float, float],
     trim: float = 2.5,
     rounds: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``image`` divided by the smooth multiplicative field that separates it from
     ``reference`` over ``mask`` (voxels that are head in both), and that field. The field is
-    the Gaussian (``sigma_vox``) weighted mean of the log-ratio over the voxels within ``trim``
-    robust standard deviations of the previous round's field (what changed, a lesion, drops
-    out); 1 where no such voxel is within reach. Unchanged when too few voxels support it."""
+    the Gaussian (``sigma_mm`` on voxels of ``spacing_mm``) weighted mean of the log-ratio over
+    the voxels within ``trim`` robust standard deviations of the previous round's field (what
+    changed, a lesion, drops out); 1 where no such voxel is within reach. Unchanged when too few
+    voxels support it."""
     keep = mask & (image > 0) & (reference > 0)
     if keep.sum() < _MIN_VOXELS:
         return image, np.ones_like(image, dtype=np.float32)
-    sigma = np.broadcast_to(np.asarray(sigma_vox, dtype=np.float64), (3,))
+    sigma = sigma_mm / np.asarray(spacing_mm, dtype=np.float64)
     log_ratio = np.zeros(image.shape, dtype=np.float64)
     log_ratio[keep] = np.log(image[keep].astype(np.float64) / reference[keep])
     normal = keep

@@ -29,6 +29,7 @@ from mtlgen.preprocess.intensity import (
     scale_on_tissue,
 )
 from mtlgen.preprocess.resample import resample_to_grid
+from mtlgen.progression import voxel_spacing_mm
 from mtlgen.register.checks import Pending
 from mtlgen.register.quality import alignment_problem
 from mtlgen.register.results import Ledger
@@ -195,8 +196,8 @@ def _matched(
     image = match_reference(image, reference, head)[0]
     sigma_mm = params.preprocess.intensity_bias_sigma_mm
     if sigma_mm > 0:
-        spacing = np.linalg.norm(base.grid.affine[:3, :3], axis=0)
-        image = match_bias_field(image, reference, head, tuple(sigma_mm / spacing))[0]
+        spacing = voxel_spacing_mm(base.grid.affine)
+        image = match_bias_field(image, reference, head, sigma_mm, spacing)[0]
     return image
 
 

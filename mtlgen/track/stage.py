@@ -160,7 +160,7 @@ def train_generator_on_base(
     from mtlgen.evaluate.cases import select_series
     from mtlgen.inference.generative import BASE
     from mtlgen.inference.model import ModelPredictor, load_predictor
-    from mtlgen.train.generative import train_generator
+    from mtlgen.train.generative import generated_rates, train_generator
 
     cfg = params.generative
     with tempfile.TemporaryDirectory(prefix="mtlgen-base-") as tmp:
@@ -168,7 +168,7 @@ def train_generator_on_base(
         base = load_predictor(base_dir)
         if not isinstance(base, ModelPredictor) or not base.segments:
             raise ValueError(f"generative.base {cfg.base}: expected a multi-task checkpoint")
-        if base.calibration is None or not base.calibration.rates:
+        if not generated_rates(base):
             log.warning("%s keeps no calibration errors: recalibrating a copy", base_dir)
             base_dir = Path(tmp) / BASE
             shutil.copytree(cfg.base, base_dir, ignore=shutil.ignore_patterns(REGISTERED))

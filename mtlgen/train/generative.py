@@ -131,13 +131,17 @@ def _image_scores(
     return centre, min(crps, key=crps.get), scores
 
 
-def sample_volume_spread(predictor: Predictor, min_days: float) -> VolumeSpread:
-    """The spread the samples' volumes are calibrated to: quantiles of the base forecast's
-    signed errors on its calibration cases (``rates`` of its ``calibration.json``) of the
-    generated kinds."""
+def generated_rates(predictor: Predictor) -> dict[str, list[float]]:
+    """The base forecast's signed errors per year on its calibration cases of the generated
+    kinds, by group (``rates`` of its ``calibration.json``; empty when it keeps none)."""
     calibration = getattr(predictor, "calibration", None)
     rates = {} if calibration is None else calibration.rates
-    generated = {g: r for g, r in rates.items() if g.split(":")[0] in GENERATED_KINDS}
+    return {g: r for g, r in rates.items() if g.split(":")[0] in GENERATED_KINDS}
+
+
+def sample_volume_spread(predictor: Predictor, min_days: float) -> VolumeSpread:
+    """The spread the samples' volumes are calibrated to: quantiles of ``generated_rates``."""
+    generated = generated_rates(predictor)
     if not generated:
         raise ValueError(
             f"the base model ({predictor.name}) has no calibrated future volume errors"
